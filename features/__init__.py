@@ -1,0 +1,1 @@
+"""Kairos features: event contract, ingest, event store, identity, profiles and sequences."""

@@ -1,0 +1,297 @@
+"""Ingest: read event files, validate and normalise every record, append them to the store.
+
+Every record read is accounted for: accepted, duplicate (its messageId is already stored or
+repeats within the input) or rejected into the dead-letter table with its raw payload and the
+reason. Formats: Segment Spec JSON lines (one message or one ``{"batch": [...]}`` envelope per
+line), Segment JSON files (a message, an array or a batch envelope), and tabular CSV / Parquet
+files read through a column mapping. Problems with a whole file (missing, binary, empty, a
+mapping to a column that does not exist) raise :class:`InputError`; nothing is written then.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+import pyarrow as pa
+
+from features.contract import (
+    MAX_RECORD_BYTES,
+    NormaliseOptions,
+    RejectedRecord,
+    normalise_message,
+)
+from features.store import DEAD_LETTER_SCHEMA, EVENT_SCHEMA, AppendResult, EventStore
+from features.tabular import MappingError, TabularMapping, read_tabular_messages
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("segment", "csv", "parquet")
+_SUFFIX_FORMATS = {
+    ".jsonl": "segment",
+    ".ndjson": "segment",
+    ".json": "segment",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+DEFAULT_BATCH_SIZE = 100_000
+
+
+class InputError(Exception):
+    """A whole input cannot be read (the message says why); nothing from it was written."""
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How inputs are read. ``mapping`` and ``event`` apply to tabular files only."""
+
+    format: str | None = None  # None: from the file extension
+    mapping: TabularMapping | None = None
+    normalise: NormaliseOptions = field(default_factory=NormaliseOptions)
+    batch_size: int = DEFAULT_BATCH_SIZE  # records per atomic append
+
+
+@dataclass
+class IngestReport:
+    """What happened to one input. Invariant: read == accepted + duplicate + rejected."""
+
+    source: str
+    read: int = 0
+    accepted: int = 0
+    duplicate: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    rows: int | None = None  # tabular inputs: file rows (orders group several rows into one)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.read / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, counts: AppendResult) -> None:
+        self.accepted += counts.accepted
+        self.duplicate += counts.duplicate
+        self.rejected += counts.rejected
+
+    def as_dict(self) -> dict[str, Any]:
+        result = {
+            "source": self.source,
+            "read": self.read,
+            "accepted": self.accepted,
+            "duplicate": self.duplicate,
+            "rejected": self.rejected,
+            "seconds": round(self.seconds, 3),
+            "events_per_second": round(self.events_per_second, 1),
+        }
+        if self.rows is not None:
+            result["rows"] = self.rows
+        return result
+
+
+# A record as read: (position in the input, the decoded message or None, raw text, error).
+Record = tuple[int, Any, str | None, str | None]
+ProgressCallback = Callable[[int], None]  # called with the number of bytes just consumed
+
+
+def detect_format(path: Path, explicit: str | None = None) -> str:
+    """The input format: ``explicit`` if given, else from the extension (``.gz`` ignored)."""
+    if explicit is not None:
+        if explicit not in FORMATS:
+            raise InputError(f"unknown format {explicit!r}; choose one of {', '.join(FORMATS)}")
+        return explicit
+    suffixes = [s for s in path.suffixes if s != ".gz"]
+    fmt = _SUFFIX_FORMATS.get(suffixes[-1].lower()) if suffixes else None
+    if fmt is None:
+        raise InputError(
+            f"{path}: cannot tell the format from the extension {path.suffix!r}; "
+            f"pass --format {'|'.join(FORMATS)}"
+        )
+    return fmt
+
+
+def ingest_file(
+    store: EventStore,
+    path: Path,
+    options: IngestOptions | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> IngestReport:
+    """Ingest one file into ``store`` and return its report."""
+    options = options or IngestOptions()
+    path = Path(path)
+    fmt = detect_format(path, options.format)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; pass the files inside it")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty, nothing to ingest")
+
+    report = IngestReport(source=str(path))
+    if fmt == "segment":
+        records = read_segment_records(path, on_progress)
+    else:
+        if options.mapping is None:
+            raise InputError(
+                f"{path}: tabular input needs a column mapping "
+                "(--map FIELD=COLUMN ... and --event NAME or --map event=COLUMN)"
+            )
+        try:
+            messages, report.rows = read_tabular_messages(path, fmt, options.mapping)
+        except MappingError as error:
+            raise InputError(str(error)) from None
+        records = ((position, message, None, None) for position, message in messages)
+    started = time.perf_counter()
+    started_at = datetime.now()
+    run_id = f"{started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    for events, dead_letters, read in _batches(records, options, str(path)):
+        report.read += read
+        report.add(store.append(events, dead_letters, source=str(path), ingest_run=run_id))
+    report.seconds = time.perf_counter() - started
+    if report.read == 0:
+        raise InputError(f"{path}: no records found (only blank lines)")
+    store.record_run(
+        run_id,
+        str(path),
+        started_at,
+        datetime.now(),
+        AppendResult(report.accepted, report.duplicate, report.rejected),
+        report.read,
+    )
+    logger.info("ingested %s: %s", path, report.as_dict())
+    return report
+
+
+def read_segment_records(
+    path: Path, on_progress: ProgressCallback | None = None
+) -> Iterator[Record]:
+    """Records of a Segment JSON lines or JSON file; batch envelopes are expanded."""
+    with _open(path) as stream:
+        head = stream.peek(8192)[:8192] if hasattr(stream, "peek") else b""
+        if b"\x00" in head:
+            raise InputError(
+                f"{path}: not a text file (binary content); for Parquet files use --format parquet"
+            )
+        if [s for s in path.suffixes if s != ".gz"][-1:] == [".json"]:
+            whole = stream.read()
+            if on_progress:
+                on_progress(len(whole))
+            try:
+                document = orjson.loads(whole)
+            except orjson.JSONDecodeError:
+                # Many exports are JSON lines under a .json name.
+                yield from _json_lines(whole.splitlines(keepends=True), None)
+                return
+            yield from _document_records(document)
+            return
+        yield from _json_lines(stream, on_progress)
+
+
+def _json_lines(lines: Iterable[bytes], on_progress: ProgressCallback | None) -> Iterator[Record]:
+    for line_number, line in enumerate(lines, start=1):
+        if on_progress:
+            on_progress(len(line))
+        if not line.strip():
+            continue
+        if len(line) > MAX_RECORD_BYTES:
+            yield (
+                line_number,
+                None,
+                _raw_text(line[:MAX_RECORD_BYTES]),
+                (f"record is {len(line):,} bytes, over the {MAX_RECORD_BYTES // 1024} KiB limit"),
+            )
+            continue
+        try:
+            decoded = orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            yield line_number, None, _raw_text(line), f"malformed JSON: {error}"
+            continue
+        if isinstance(decoded, dict) and "batch" in decoded:
+            yield from _batch_records(decoded, line_number)
+        else:
+            yield line_number, decoded, None, None
+
+
+def _document_records(document: Any) -> Iterator[Record]:
+    if isinstance(document, list):
+        for index, message in enumerate(document, start=1):
+            yield index, message, None, None
+    elif isinstance(document, dict) and "batch" in document:
+        yield from _batch_records(document, None)
+    else:
+        yield 1, document, None, None
+
+
+def _batch_records(envelope: dict[str, Any], line_number: int | None) -> Iterator[Record]:
+    messages = envelope.get("batch")
+    if not isinstance(messages, list):
+        yield line_number or 1, None, _raw_text(orjson.dumps(envelope)), "batch must be an array"
+        return
+    shared_context = envelope.get("context")
+    for index, message in enumerate(messages, start=1):
+        if isinstance(message, dict) and isinstance(shared_context, dict):
+            # The envelope's context is a default each message may override.
+            message = {**message, "context": {**shared_context, **(message.get("context") or {})}}
+        yield line_number or index, message, None, None
+
+
+def _batches(
+    records: Iterable[Record], options: IngestOptions, source: str
+) -> Iterator[tuple[pa.Table, pa.Table, int]]:
+    """Normalise records into (events, dead letters, records read) per batch."""
+    rows: list[tuple] = []
+    dead: list[tuple] = []
+    read = 0
+    normalise = options.normalise
+    for position, message, raw, error in records:
+        read += 1
+        if error is None:
+            try:
+                rows.append(normalise_message(message, normalise))
+            except RejectedRecord as rejection:
+                error = str(rejection)
+        if error is not None:
+            dead.append((source, position, raw if raw is not None else _dump(message), error))
+        if read >= options.batch_size:
+            yield _events_table(rows), _dead_letter_table(dead), read
+            rows, dead, read = [], [], 0
+    if read:
+        yield _events_table(rows), _dead_letter_table(dead), read
+
+
+def _events_table(rows: list[tuple]) -> pa.Table:
+    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in EVENT_SCHEMA]
+    return pa.Table.from_arrays(
+        [pa.array(values, type=f.type) for values, f in zip(columns, EVENT_SCHEMA, strict=True)],
+        schema=EVENT_SCHEMA,
+    )
+
+
+def _dead_letter_table(dead: list[tuple]) -> pa.Table:
+    columns = list(zip(*dead, strict=True)) if dead else [[] for _ in DEAD_LETTER_SCHEMA]
+    return pa.Table.from_arrays(
+        [pa.array(v, type=f.type) for v, f in zip(columns, DEAD_LETTER_SCHEMA, strict=True)],
+        schema=DEAD_LETTER_SCHEMA,
+    )
+
+
+def _dump(message: Any) -> str:
+    return orjson.dumps(message, default=str).decode()
+
+
+def _raw_text(line: bytes) -> str:
+    return line.decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+def _open(path: Path) -> BinaryIO:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb", buffering=1 << 20)

@@ -1,0 +1,307 @@
+"""The ``kairos`` command: one sub-command per pipeline stage (see DESIGN.md, CLI contract).
+
+Human-friendly output by default; ``--json`` prints one JSON object on stdout for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from kairos.workspace import disable_telemetry, open_workspace
+
+app = typer.Typer(
+    help="Kairos: real-time predictive segmentation for email, SMS and push marketing.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+WorkspaceOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--workspace",
+        "-w",
+        help="Workspace folder for the event store, MLflow runs and exports "
+        "[default: $KAIROS_HOME, else ./.kairos].",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")
+]
+
+
+@app.callback()
+def _main() -> None:
+    disable_telemetry()
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="Folder for events.jsonl and truth.parquet.")],
+    customers: Annotated[int, typer.Option(min=1, help="Number of true people.")] = 2000,
+    days: Annotated[int, typer.Option(min=1, help="Days of history to simulate.")] = 30,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")] = 7,
+    start: Annotated[
+        datetime | None,
+        typer.Option(help="First simulated instant, UTC [default: 2026-01-05, a Monday]."),
+    ] = None,
+    bad_record_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.5,
+            help="Extra dirty lines (duplicates, malformed JSON, missing fields) per clean one.",
+        ),
+    ] = 0.0,
+    workspace: WorkspaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Simulate a brand's cross-channel world with ground truth (Segment Spec JSON lines)."""
+    from features.simulate import simulate as run_simulation
+
+    summary = run_simulation(
+        out_dir=out,
+        customers=customers,
+        days=days,
+        seed=seed,
+        start=start,
+        bad_record_rate=bad_record_rate,
+        progress=not as_json,
+    )
+    result = {
+        "customers": summary.customers,
+        "days": summary.days,
+        "events": summary.events,
+        "seconds": round(summary.seconds, 3),
+        "events_per_second": round(summary.events / max(summary.seconds, 1e-9), 1),
+        "events_path": str(summary.events_path),
+        "truth_path": str(summary.truth_path),
+    }
+    if as_json:
+        print(json.dumps(result))
+        return
+    console.print(
+        f"Simulated {summary.customers:,} customers x {summary.days} days: "
+        f"{summary.events:,} events in {summary.seconds:.1f} s "
+        f"({result['events_per_second']:,.0f}/s)\n"
+        f"  events: {summary.events_path}\n  truth:  {summary.truth_path}"
+    )
+
+
+@app.command()
+def ingest(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="Segment JSON lines / JSON files (.gz too), or CSV / Parquet files."),
+    ],
+    format: Annotated[
+        str | None,
+        typer.Option("--format", help="segment, csv or parquet [default: from the extension]."),
+    ] = None,
+    mapping: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--map",
+            help="Tabular files: FIELD=COLUMN, repeatable. Fields: user_id, anonymous_id, email, "
+            "phone, device_id, timestamp, event, order_id, product_id, name, category, quantity, "
+            "price, revenue, currency, channel, message_id, properties.NAME.",
+        ),
+    ] = None,
+    event: Annotated[
+        str | None,
+        typer.Option(help='Tabular files: event name of every row, e.g. "Order Completed".'),
+    ] = None,
+    timezone: Annotated[
+        str, typer.Option(help="Time zone of timestamps written without an offset (IANA name).")
+    ] = "UTC",
+    phone_region: Annotated[
+        str | None,
+        typer.Option(help="Region for phone numbers without a country code, e.g. GB or US."),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Records per atomic append to the store.")
+    ] = 100_000,
+    workspace: WorkspaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Validate, normalise and store events; every record is accepted, duplicate or rejected.
+
+    Rejected records go to the dead-letter table with their raw payload and the reason.
+    Re-ingesting a file changes nothing. Exits 1 when an input could not be read at all.
+    """
+    from features.contract import NormaliseOptions, parse_timestamp
+    from features.ingest import IngestOptions, InputError, detect_format, ingest_file
+    from features.store import EventStore
+    from features.tabular import MappingError, parse_mapping
+
+    try:
+        parse_timestamp("2000-01-01T00:00:00", timezone=timezone)  # fail fast on a bad zone
+        table_mapping = parse_mapping(mapping, event) if mapping or event else None
+    except (MappingError, ValueError) as error:
+        _fail(str(error), code=2)
+    options = IngestOptions(
+        format=format,
+        mapping=table_mapping,
+        normalise=NormaliseOptions(phone_region=phone_region, timezone=timezone),
+        batch_size=batch_size,
+    )
+    ws = open_workspace(workspace)
+    reports, failures = [], []
+    with EventStore(ws.event_store) as store, _byte_progress(paths, quiet=as_json) as progress:
+        for path in paths:
+            task = progress.add_task(path.name, total=_size(path))
+            try:
+                detect_format(path, format)
+                report = ingest_file(
+                    store, path, options, on_progress=lambda n, t=task: progress.advance(t, n)
+                )
+            except InputError as error:
+                failures.append(str(error))
+                console.print(f"[red]error:[/red] {error}")
+                continue
+            finally:
+                progress.update(task, completed=_size(path))
+            reports.append(report)
+    totals = {
+        key: sum(getattr(r, key) for r in reports)
+        for key in ("read", "accepted", "duplicate", "rejected")
+    }
+    seconds = sum(r.seconds for r in reports)
+    totals["seconds"] = round(seconds, 3)
+    totals["events_per_second"] = round(totals["read"] / seconds, 1) if seconds else 0.0
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    **totals,
+                    "files": [r.as_dict() for r in reports],
+                    "errors": failures,
+                    "store": str(ws.event_store),
+                }
+            )
+        )
+    else:
+        _print_ingest_table(reports, totals, ws.event_store)
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    customers: Annotated[int, typer.Option(min=1, help="Simulated customers.")] = 2000,
+    days: Annotated[int, typer.Option(min=1, help="Simulated days.")] = 30,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """The main job on the embedded default: simulate a brand, ingest it into the event store.
+
+    Identity resolution, features, models, segments and send plans join this command as they
+    land (see the README's roadmap).
+    """
+    from features.simulate import simulate as run_simulation
+
+    from features.ingest import ingest_file
+    from features.store import EventStore
+
+    ws = open_workspace(workspace)
+    out = ws.root / "demo"
+    console.rule("[bold]1/2 simulate a brand")
+    summary = run_simulation(
+        out_dir=out,
+        customers=customers,
+        days=days,
+        seed=seed,
+        bad_record_rate=0.002,
+        progress=True,
+    )
+    console.print(f"{summary.events:,} events for {customers:,} people -> {summary.events_path}")
+    console.rule("[bold]2/2 ingest into the event store")
+    with EventStore(ws.event_store) as store, _byte_progress([summary.events_path]) as progress:
+        task = progress.add_task("events.jsonl", total=_size(summary.events_path))
+        report = ingest_file(
+            store, summary.events_path, on_progress=lambda n: progress.advance(task, n)
+        )
+        totals = {k: getattr(report, k) for k in ("read", "accepted", "duplicate", "rejected")}
+        _print_ingest_table([report], totals, ws.event_store)
+        by_channel = store.query(
+            "SELECT channel, count(*) AS events FROM events GROUP BY channel ORDER BY events DESC"
+        ).to_pylist()
+        reasons = store.query(
+            "SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason ORDER BY n DESC LIMIT 5"
+        ).to_pylist()
+    console.print(
+        "Events by channel: " + ", ".join(f"{r['channel']} {r['events']:,}" for r in by_channel)
+    )
+    if reasons:
+        console.print("Top dead-letter reasons:")
+        for row in reasons:
+            console.print(f"  {row['n']:>5,}  {row['reason']}")
+    console.print(
+        "\nNext in this demo as they land: identity resolution, point-in-time features, the "
+        "sequence model against baselines, segments and send plans."
+    )
+
+
+def _print_ingest_table(reports: list, totals: dict, store_path: Path) -> None:
+    table = Table(title=f"Ingested into {store_path}")
+    for column in ("source", "read", "accepted", "duplicate", "rejected", "events/s"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for r in reports:
+        table.add_row(
+            Path(r.source).name,
+            f"{r.read:,}",
+            f"{r.accepted:,}",
+            f"{r.duplicate:,}",
+            f"{r.rejected:,}",
+            f"{r.events_per_second:,.0f}",
+        )
+    if len(reports) > 1:
+        counts = (f"{totals[k]:,}" for k in ("read", "accepted", "duplicate", "rejected"))
+        table.add_row("total", *counts, "")
+    Console().print(table)
+    if totals.get("rejected"):
+        console.print(
+            "Rejected records are in the dead_letters table with their raw payload and reason."
+        )
+
+
+def _byte_progress(paths: list[Path], quiet: bool = False) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=quiet or not console.is_terminal,
+    )
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _fail(message: str, code: int = 1) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)

@@ -1,0 +1,1 @@
+"""Kairos serving: BentoML service, real-time engine, segment rules and send policy."""

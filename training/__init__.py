@@ -1,0 +1,1 @@
+"""Kairos training: sequence model, baselines, evaluation, tuning and the MLflow registry."""
