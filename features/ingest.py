@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import gzip
 import logging
+import multiprocessing
+import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +49,8 @@ _SUFFIX_FORMATS = {
     ".pq": "parquet",
 }
 DEFAULT_BATCH_SIZE = 100_000
+_DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
+_PARALLEL_BYTES = 32 << 20
 
 
 class InputError(Exception):
@@ -59,6 +65,7 @@ class IngestOptions:
     mapping: TabularMapping | None = None
     normalise: NormaliseOptions = field(default_factory=NormaliseOptions)
     batch_size: int = DEFAULT_BATCH_SIZE  # records per atomic append
+    workers: int | None = None  # processes decoding JSON lines; None: 2 for files over 32 MB
 
 
 @dataclass
@@ -136,8 +143,9 @@ def ingest_file(
         raise InputError(f"{path}: file is empty, nothing to ingest")
 
     report = IngestReport(source=str(path))
+    source = str(path)
     if fmt == "segment":
-        records = read_segment_records(path, on_progress)
+        batches = _segment_batches(path, options, source, on_progress)
     else:
         if options.mapping is None:
             raise InputError(
@@ -149,33 +157,36 @@ def ingest_file(
         except MappingError as error:
             raise InputError(str(error)) from None
         records = ((position, message, None, None) for position, message in messages)
+        batches = _normalise_in_batches(records, options, source, options.batch_size)
     started = time.perf_counter()
     started_at = datetime.now()
     run_id = f"{started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    for events, dead_letters, read in _batches(records, options, str(path)):
+    for events, dead_letters, read in _rebatch(batches, options.batch_size):
         report.read += read
-        report.add(store.append(events, dead_letters, source=str(path), ingest_run=run_id))
+        report.add(store.append(events, dead_letters, source=source, ingest_run=run_id))
     report.seconds = time.perf_counter() - started
     if report.read == 0:
         raise InputError(f"{path}: no records found (only blank lines)")
-    store.record_run(
-        run_id,
-        str(path),
-        started_at,
-        datetime.now(),
-        AppendResult(report.accepted, report.duplicate, report.rejected),
-        report.read,
-    )
+    counts = AppendResult(report.accepted, report.duplicate, report.rejected)
+    store.record_run(run_id, source, started_at, datetime.now(), counts, report.read)
     logger.info("ingested %s: %s", path, report.as_dict())
     return report
 
 
-def read_segment_records(
-    path: Path, on_progress: ProgressCallback | None = None
-) -> Iterator[Record]:
-    """Records of a Segment JSON lines or JSON file; batch envelopes are expanded."""
+def normalise_chunk(
+    first_line: int, chunk: bytes, options: IngestOptions, source: str
+) -> list[tuple[pa.Table, pa.Table, int]]:
+    """Normalise a block of whole JSON lines into pieces of at most ``options.batch_size``
+    records; a pure function, so worker processes can run it."""
+    records = _json_lines(chunk.split(b"\n"), first_line)
+    return list(_normalise_in_batches(records, options, source, options.batch_size))
+
+
+def _segment_batches(
+    path: Path, options: IngestOptions, source: str, on_progress: ProgressCallback | None
+) -> Iterator[tuple[pa.Table, pa.Table, int]]:
     with _open(path) as stream:
-        head = stream.peek(8192)[:8192] if hasattr(stream, "peek") else b""
+        head = stream.peek(8192)[:8192]
         if b"\x00" in head:
             raise InputError(
                 f"{path}: not a text file (binary content); for Parquet files use --format parquet"
@@ -188,26 +199,64 @@ def read_segment_records(
                 document = orjson.loads(whole)
             except orjson.JSONDecodeError:
                 # Many exports are JSON lines under a .json name.
-                yield from _json_lines(whole.splitlines(keepends=True), None)
+                yield from normalise_chunk(1, whole, options, source)
                 return
-            yield from _document_records(document)
+            records = _document_records(document)
+            yield from _normalise_in_batches(records, options, source, options.batch_size)
             return
-        yield from _json_lines(stream, on_progress)
+        chunks = _line_chunks(stream)
+        workers = options.workers or (_DEFAULT_WORKERS if _size(path) > _PARALLEL_BYTES else 1)
+        if workers <= 1:
+            for first_line, chunk in chunks:
+                yield from normalise_chunk(first_line, chunk, options, source)
+                if on_progress:
+                    on_progress(len(chunk))
+            return
+        # JSON decoding and normalisation are CPU-bound Python; spread chunks over processes
+        # and keep their order, with a bounded number in flight so memory stays flat.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            in_flight: deque = deque()
+            for first_line, chunk in chunks:
+                in_flight.append(
+                    (len(chunk), pool.submit(normalise_chunk, first_line, chunk, options, source))
+                )
+                if len(in_flight) >= 2 * workers:
+                    yield from _collect(in_flight.popleft(), on_progress)
+            while in_flight:
+                yield from _collect(in_flight.popleft(), on_progress)
 
 
-def _json_lines(lines: Iterable[bytes], on_progress: ProgressCallback | None) -> Iterator[Record]:
-    for line_number, line in enumerate(lines, start=1):
-        if on_progress:
-            on_progress(len(line))
+def _collect(
+    entry: tuple[int, Future], on_progress: ProgressCallback | None
+) -> list[tuple[pa.Table, pa.Table, int]]:
+    size, future = entry
+    result = future.result()
+    if on_progress:
+        on_progress(size)
+    return result
+
+
+def _line_chunks(stream: BinaryIO, chunk_bytes: int = 4 << 20) -> Iterator[tuple[int, bytes]]:
+    """Blocks of whole lines with the number of their first line."""
+    line_number = 1
+    while True:
+        chunk = stream.read(chunk_bytes)
+        if not chunk:
+            return
+        if not chunk.endswith(b"\n"):
+            chunk += stream.readline()
+        yield line_number, chunk
+        line_number += chunk.count(b"\n")
+
+
+def _json_lines(lines: Iterable[bytes], first_line: int = 1) -> Iterator[Record]:
+    for line_number, line in enumerate(lines, start=first_line):
         if not line.strip():
             continue
         if len(line) > MAX_RECORD_BYTES:
-            yield (
-                line_number,
-                None,
-                _raw_text(line[:MAX_RECORD_BYTES]),
-                (f"record is {len(line):,} bytes, over the {MAX_RECORD_BYTES // 1024} KiB limit"),
-            )
+            reason = f"record is {len(line):,} bytes, over the {MAX_RECORD_BYTES // 1024} KiB limit"
+            yield line_number, None, _raw_text(line[:MAX_RECORD_BYTES]), reason
             continue
         try:
             decoded = orjson.loads(line)
@@ -243,10 +292,13 @@ def _batch_records(envelope: dict[str, Any], line_number: int | None) -> Iterato
         yield line_number or index, message, None, None
 
 
-def _batches(
-    records: Iterable[Record], options: IngestOptions, source: str
+def _normalise_in_batches(
+    records: Iterable[Record],
+    options: IngestOptions,
+    source: str,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Iterator[tuple[pa.Table, pa.Table, int]]:
-    """Normalise records into (events, dead letters, records read) per batch."""
+    """Normalise records into (events, dead letters, records read) per ``batch_size`` records."""
     rows: list[tuple] = []
     dead: list[tuple] = []
     read = 0
@@ -260,11 +312,37 @@ def _batches(
                 error = str(rejection)
         if error is not None:
             dead.append((source, position, raw if raw is not None else _dump(message), error))
-        if read >= options.batch_size:
+        if read >= batch_size:
             yield _events_table(rows), _dead_letter_table(dead), read
             rows, dead, read = [], [], 0
     if read:
         yield _events_table(rows), _dead_letter_table(dead), read
+
+
+def _rebatch(
+    batches: Iterable[tuple[pa.Table, pa.Table, int]], batch_size: int
+) -> Iterator[tuple[pa.Table, pa.Table, int]]:
+    """Merge small normalised pieces into appends of about ``batch_size`` records."""
+    pending: list[tuple[pa.Table, pa.Table, int]] = []
+    pending_read = 0
+    for piece in batches:
+        pending.append(piece)
+        pending_read += piece[2]
+        if pending_read >= batch_size:
+            yield _concat(pending)
+            pending, pending_read = [], 0
+    if pending:
+        yield _concat(pending)
+
+
+def _concat(pieces: list[tuple[pa.Table, pa.Table, int]]) -> tuple[pa.Table, pa.Table, int]:
+    if len(pieces) == 1:
+        return pieces[0]
+    return (
+        pa.concat_tables([p[0] for p in pieces]),
+        pa.concat_tables([p[1] for p in pieces]),
+        sum(p[2] for p in pieces),
+    )
 
 
 def _events_table(rows: list[tuple]) -> pa.Table:
@@ -289,6 +367,10 @@ def _dump(message: Any) -> str:
 
 def _raw_text(line: bytes) -> str:
     return line.decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size
 
 
 def _open(path: Path) -> BinaryIO:

@@ -176,4 +176,4 @@ class EventStore:
 
     def query(self, sql: str, parameters: list | None = None) -> pa.Table:
         """Run a read query and return an Arrow table (for tests, exports and tools)."""
-        return self.connection.execute(sql, parameters or []).fetch_arrow_table()
+        return self.connection.sql(sql, params=parameters).to_arrow_table()

@@ -138,6 +138,10 @@ def ingest(
     batch_size: Annotated[
         int, typer.Option(min=1, help="Records per atomic append to the store.")
     ] = 100_000,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Processes decoding JSON lines [default: 2 for files > 32 MB]."),
+    ] = None,
     workspace: WorkspaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -161,6 +165,7 @@ def ingest(
         mapping=table_mapping,
         normalise=NormaliseOptions(phone_region=phone_region, timezone=timezone),
         batch_size=batch_size,
+        workers=workers,
     )
     ws = open_workspace(workspace)
     reports, failures = [], []
