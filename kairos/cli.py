@@ -220,9 +220,8 @@ def demo(
     Identity resolution, features, models, segments and send plans join this command as they
     land (see the README's roadmap).
     """
-    from features.simulate import simulate as run_simulation
-
     from features.ingest import ingest_file
+    from features.simulate import simulate as run_simulation
     from features.store import EventStore
 
     ws = open_workspace(workspace)

@@ -114,6 +114,8 @@ class SimulationConfig:
 
     def __post_init__(self) -> None:
         for f in fields(self):
+            if f.name.endswith("_logit"):
+                continue  # logits may be any real number
             value = getattr(self, f.name)
             numbers = value if isinstance(value, tuple) else (value,)
             if any(v is not None and v < 0 for v in numbers):
