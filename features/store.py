@@ -127,7 +127,7 @@ class EventStore:
                 ORDER BY position
                 """,
                 [source, ingest_run],
-            ).fetchone()[0]
+            ).fetchall()[0][0]
             connection.execute(
                 "INSERT INTO dead_letters (source, position, raw, reason, ingest_run) "
                 "SELECT source, position, raw, reason, ? FROM batch_dead_letters",
@@ -172,7 +172,7 @@ class EventStore:
     def count(self, table: str = "events") -> int:
         if table not in {"events", "dead_letters", "ingest_runs"}:
             raise ValueError(f"unknown table {table!r}")
-        return self.connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        return self.connection.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
 
     def query(self, sql: str, parameters: list | None = None) -> pa.Table:
         """Run a read query and return an Arrow table (for tests, exports and tools)."""

@@ -347,3 +347,35 @@ def test_real_online_retail_slice(tmp_path: Path, real_data: Path) -> None:
     line_revenue = (with_customer["Quantity"] * with_customer["Price"]).sum()
     assert sum(t["revenue"] for t in totals) == pytest.approx(line_revenue, abs=0.05)
     assert (again.accepted, again.duplicate) == (0, report.accepted)
+
+
+@pytest.mark.slow
+def test_killed_ingest_leaves_a_consistent_store_that_a_rerun_completes(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    count = 120_000
+    path = write_lines(tmp_path / "big.jsonl", [good(i) for i in range(count)])
+    store_path = tmp_path / "store.duckdb"
+    script = (
+        "import sys; from pathlib import Path; from features.store import EventStore; "
+        "from features.ingest import ingest_file, IngestOptions; "
+        "s = EventStore(sys.argv[1]); ingest_file(s, Path(sys.argv[2]), "
+        "IngestOptions(batch_size=2000, workers=1))"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script, str(store_path), str(path)])
+    time.sleep(2.5)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+    with EventStore(store_path) as store:
+        stored = store.count()
+        ids = {r["message_id"] for r in store.query("SELECT message_id FROM events").to_pylist()}
+        assert ids == {f"m-{i}" for i in range(stored)}  # whole batches, in file order
+        assert store.count("ingest_runs") == (1 if stored == count else 0)
+        report = ingest_file(store, path, IngestOptions(batch_size=2000))
+        assert (report.accepted, report.duplicate) == (count - stored, stored)
+        assert store.count() == count

@@ -1,0 +1,81 @@
+"""The command line: --json output, exit codes and messages a person can act on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+from typer.testing import CliRunner
+
+from kairos.cli import app
+
+runner = CliRunner()
+
+
+def write_events(path: Path, count: int, bad: int = 0) -> Path:
+    lines = [
+        orjson.dumps(
+            {
+                "type": "track",
+                "messageId": f"m-{i}",
+                "event": "Product Viewed",
+                "timestamp": "2026-01-05T10:00:00Z",
+                "anonymousId": f"a-{i % 3}",
+            }
+        )
+        for i in range(count)
+    ]
+    lines += [b"{broken"] * bad
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_ingest_json_reports_counts(tmp_path: Path, workspace: Path) -> None:
+    path = write_events(tmp_path / "e.jsonl", 5, bad=2)
+    result = runner.invoke(app, ["ingest", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert {k: report[k] for k in ("read", "accepted", "duplicate", "rejected")} == {
+        "read": 7,
+        "accepted": 5,
+        "duplicate": 0,
+        "rejected": 2,
+    }
+    assert (workspace / "events.duckdb").exists()  # $KAIROS_HOME is the default workspace
+
+
+def test_ingest_human_output_and_explicit_workspace(tmp_path: Path) -> None:
+    path = write_events(tmp_path / "e.jsonl", 3)
+    result = runner.invoke(app, ["ingest", str(path), "--workspace", str(tmp_path / "brand")])
+    assert result.exit_code == 0, result.output
+    assert "accepted" in result.stdout
+    assert (tmp_path / "brand" / "events.duckdb").exists()
+
+
+def test_unreadable_input_exits_1_but_other_files_are_ingested(
+    tmp_path: Path, workspace: Path
+) -> None:
+    good = write_events(tmp_path / "good.jsonl", 4)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    result = runner.invoke(app, ["ingest", str(empty), str(good), "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["accepted"] == 4
+    assert report["errors"] == [f"{empty}: file is empty, nothing to ingest"]
+
+
+def test_bad_mapping_is_a_usage_error(tmp_path: Path, workspace: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("a,b\n1,2\n")
+    result = runner.invoke(app, ["ingest", str(path), "--map", "colour=a", "--event", "X"])
+    assert result.exit_code == 2
+    assert "unknown mapping field 'colour'" in result.output
+
+
+def test_unknown_timezone_is_a_usage_error(tmp_path: Path, workspace: Path) -> None:
+    path = write_events(tmp_path / "e.jsonl", 1)
+    result = runner.invoke(app, ["ingest", str(path), "--timezone", "Mars/Base"])
+    assert result.exit_code == 2
+    assert "unknown time zone 'Mars/Base'" in result.output
