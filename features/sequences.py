@@ -1,0 +1,121 @@
+"""Event sequences at a cutoff: the last N events of each profile as padded arrays for PyTorch.
+
+Each event becomes a token for (event name x channel) plus four numbers: the log time gap to
+the previous event and to the cutoff, the hour of the week, the order value and a hashed
+category. Sequences are left-padded: the most recent event is always in the last position, and
+``mask`` marks real events. Only events with ``timestamp <= at`` are read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pyarrow as pa
+
+from features.aggregates import timestamp_literal
+from features.contract import CANONICAL_EVENTS, CHANNELS
+
+# Every event name the model distinguishes; anything else is "other".
+EVENT_VOCABULARY: tuple[str, ...] = (*CANONICAL_EVENTS, "Identify", "Alias", "other")
+PADDING_TOKEN = 0
+VOCABULARY_SIZE = 1 + len(EVENT_VOCABULARY) * len(CHANNELS)  # tokens 1.. plus padding
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    length: int = 64  # events kept per profile (the most recent ones)
+    category_buckets: int = 1024  # hashed category ids 1..buckets; 0 means no category
+
+    def __post_init__(self) -> None:
+        if self.length < 1 or self.category_buckets < 1:
+            raise ValueError("sequence length and category_buckets must be at least 1")
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Arrays of shape (profiles, length) aligned with ``profile_ids``."""
+
+    profile_ids: np.ndarray  # (P,) profile ids, sorted
+    tokens: np.ndarray  # (P, N) int32, 0 = padding
+    gap_previous: np.ndarray  # (P, N) float32, log1p(hours since the profile's previous event)
+    gap_to_cutoff: np.ndarray  # (P, N) float32, log1p(hours from the event to the cutoff)
+    hour_of_week: np.ndarray  # (P, N) int32, 0 = Monday 00:00 UTC .. 167
+    value: np.ndarray  # (P, N) float32, sign(revenue) * log1p(|revenue|), 0 without revenue
+    category: np.ndarray  # (P, N) int32, hashed category 1..buckets, 0 = none
+    mask: np.ndarray  # (P, N) bool, True where there is an event
+
+    def __len__(self) -> int:
+        return len(self.profile_ids)
+
+
+def token_of(event: str, channel: str) -> int:
+    """The token of an (event, channel) pair, as the SQL below computes it."""
+    event_index = (
+        EVENT_VOCABULARY.index(event) if event in EVENT_VOCABULARY else len(EVENT_VOCABULARY) - 1
+    )
+    return 1 + event_index * len(CHANNELS) + CHANNELS.index(channel)
+
+
+def _case(column: str, values: tuple[str, ...], default: int) -> str:
+    whens = " ".join(f"WHEN '{v}' THEN {i}" for i, v in enumerate(values))
+    return f"CASE {column} {whens} ELSE {default} END"
+
+
+def sequences_sql(profile_events: str, at: datetime, config: SequenceConfig) -> str:
+    """SQL: one row per (profile, one of its last N events), with ``slot`` = position from
+    the end (0 = most recent)."""
+    at_sql = timestamp_literal(at)
+    event_index = _case("event", EVENT_VOCABULARY, len(EVENT_VOCABULARY) - 1)
+    channel_index = _case("channel", CHANNELS, 0)
+    return f"""
+WITH visible AS (
+    SELECT profile_id, message_id, timestamp, event, channel, revenue, category
+    FROM {profile_events} WHERE timestamp <= {at_sql}
+),
+ranked AS (
+    SELECT *,
+        lag(timestamp) OVER (PARTITION BY profile_id ORDER BY timestamp, message_id) AS previous_at,
+        row_number() OVER (PARTITION BY profile_id ORDER BY timestamp DESC, message_id DESC) - 1
+            AS slot
+    FROM visible
+)
+SELECT profile_id, slot,
+    1 + ({event_index}) * {len(CHANNELS)} + ({channel_index}) AS token,
+    ln(1 + coalesce(date_diff('microsecond', previous_at, timestamp), 0) / 3.6e9) AS gap_previous,
+    ln(1 + date_diff('microsecond', timestamp, {at_sql}) / 3.6e9) AS gap_to_cutoff,
+    (isodow(timestamp) - 1) * 24 + hour(timestamp) AS hour_of_week,
+    sign(coalesce(revenue, 0)) * ln(1 + abs(coalesce(revenue, 0))) AS value,
+    CASE WHEN category IS NULL THEN 0
+         ELSE (md5_number(category) % {config.category_buckets}) + 1 END AS category
+FROM ranked WHERE slot < {config.length}
+ORDER BY profile_id, slot
+"""
+
+
+def to_sequences(rows: pa.Table, config: SequenceConfig) -> Sequences:
+    """Pack the rows of :func:`sequences_sql` into left-padded arrays."""
+    profile_column = rows.column("profile_id").to_numpy(zero_copy_only=False)
+    profile_ids, row_index = np.unique(profile_column, return_inverse=True)
+    length = config.length
+    column_index = length - 1 - rows.column("slot").to_numpy().astype(np.int64)
+    shape = (len(profile_ids), length)
+
+    def packed(name: str, dtype: type) -> np.ndarray:
+        array = np.zeros(shape, dtype=dtype)
+        array[row_index, column_index] = rows.column(name).to_numpy()
+        return array
+
+    mask = np.zeros(shape, dtype=bool)
+    mask[row_index, column_index] = True
+    return Sequences(
+        profile_ids=profile_ids,
+        tokens=packed("token", np.int32),
+        gap_previous=packed("gap_previous", np.float32),
+        gap_to_cutoff=packed("gap_to_cutoff", np.float32),
+        hour_of_week=packed("hour_of_week", np.int32),
+        value=packed("value", np.float32),
+        category=packed("category", np.int32),
+        mask=mask,
+    )
