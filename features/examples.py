@@ -1,0 +1,231 @@
+"""Training examples: profiles described at many cutoffs, with labels that only look forward.
+
+At each cutoff ``t`` a profile is described by its aggregates and its event sequence, both
+computed from events at or before ``t`` with profiles formed only from identity links made at
+or before ``t`` (a :class:`ProfileSource` provides that as-of view). Labels look at
+``(t, t + horizon]`` and may follow identity links made later: an order placed after logging
+in counts for the anonymous browsing that led to it.
+
+- intent label ``ordered``: an ``Order Completed`` of the profile within the horizon;
+- send labels: every message delivered to the profile within ``send_window`` after ``t``, its
+  channel, hour of week, the logged propensity of that hour, and whether it was opened, clicked
+  or tapped within 24 hours.
+
+Cutoffs are split by time into train / validation / test with a gap of at least the horizon,
+so no label window crosses into the next split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import duckdb
+import pandas as pd
+
+from features.aggregates import aggregates_sql, timestamp_literal
+from features.sequences import SequenceConfig, Sequences, sequences_sql, to_sequences
+
+DELIVERED = ("Email Delivered", "SMS Delivered", "Push Notification Received")
+ENGAGED = ("Email Opened", "Email Link Clicked", "SMS Link Clicked", "Push Notification Tapped")
+ENGAGEMENT_WINDOW = timedelta(hours=24)
+
+
+class ProfileSource(Protocol):
+    """Where profile events come from; identity resolution implements it."""
+
+    def events_as_of(self, connection: duckdb.DuckDBPyConnection, at: datetime) -> str:
+        """Name of a relation: profile_id + canonical event columns, events at or before
+        ``at``, profiles formed from identity links made at or before ``at``."""
+
+    def label_profiles(self, connection: duckdb.DuckDBPyConnection, at: datetime) -> str:
+        """Name of a relation (profile_id, label_profile_id): each as-of-``at`` profile and
+        the profile its identifiers belong to in the final identity graph."""
+
+    def label_events(self, connection: duckdb.DuckDBPyConnection) -> str:
+        """Name of a relation: label_profile_id + canonical event columns, final identity."""
+
+
+class IdentifierProfiles:
+    """A provisional profile source with no identity stitching: each event's profile is its
+    first identifier in the order user_id, email, phone, anonymous_id, device_id.
+
+    Exact for logs with a single identifier (a transaction log keyed by customer id); for
+    cross-channel data the identity graph's source replaces it.
+    """
+
+    _PROFILE = "coalesce(user_id, email, phone, anonymous_id, device_id)"
+
+    def __init__(self, events: str = "events", until: datetime | None = None):
+        self.events = events
+        self.until = until
+
+    def _visible(self) -> str:
+        if self.until is None:
+            return self.events
+        return f"(SELECT * FROM {self.events} WHERE timestamp <= {timestamp_literal(self.until)})"
+
+    def events_as_of(self, connection: duckdb.DuckDBPyConnection, at: datetime) -> str:
+        return f"(SELECT {self._PROFILE} AS profile_id, * FROM {self._visible()})"
+
+    def label_profiles(self, connection: duckdb.DuckDBPyConnection, at: datetime) -> str:
+        return (
+            f"(SELECT DISTINCT {self._PROFILE} AS profile_id, {self._PROFILE} AS label_profile_id"
+            f" FROM {self._visible()} WHERE timestamp <= {timestamp_literal(at)})"
+        )
+
+    def label_events(self, connection: duckdb.DuckDBPyConnection) -> str:
+        return f"(SELECT {self._PROFILE} AS label_profile_id, * FROM {self._visible()})"
+
+
+@dataclass(frozen=True)
+class ExampleConfig:
+    horizon_days: int = 14  # intent label: an order within this many days after the cutoff
+    send_window_days: int = 7  # send labels: messages delivered this many days after the cutoff
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
+
+    def __post_init__(self) -> None:
+        if self.horizon_days < 1 or self.send_window_days < 1:
+            raise ValueError("horizon_days and send_window_days must be at least 1")
+
+
+@dataclass(frozen=True)
+class CutoffExamples:
+    """All examples at one cutoff; rows of ``profiles`` align with ``sequences``."""
+
+    cutoff: datetime
+    profiles: pd.DataFrame  # aggregates + label_profile_id + ordered (bool)
+    sequences: Sequences
+    sends: pd.DataFrame  # profile_id, channel, hour_of_week, propensity, engaged, sent_at
+
+
+def build_examples(
+    connection: duckdb.DuckDBPyConnection,
+    source: ProfileSource,
+    cutoff: datetime,
+    config: ExampleConfig,
+) -> CutoffExamples:
+    """Features at ``cutoff`` and labels after it, for every profile seen by then."""
+    events = source.events_as_of(connection, cutoff)
+    aggregates = connection.sql(aggregates_sql(events, cutoff)).df()
+    sequences = to_sequences(
+        connection.sql(sequences_sql(events, cutoff, config.sequence)).to_arrow_table(),
+        config.sequence,
+    )
+    labels = connection.sql(
+        _intent_labels_sql(source, connection, cutoff, config.horizon_days)
+    ).df()
+    profiles = aggregates.merge(labels, on="profile_id", how="left", validate="one_to_one")
+    profiles["ordered"] = profiles["ordered"].fillna(False).astype(bool)
+    sends = connection.sql(_send_labels_sql(source, connection, cutoff, config)).df()
+    order = pd.Index(profiles["profile_id"]).get_indexer(sequences.profile_ids)
+    if (order < 0).any() or len(order) != len(profiles):
+        raise RuntimeError("aggregates and sequences disagree on the profiles at the cutoff")
+    return CutoffExamples(cutoff, profiles.iloc[order].reset_index(drop=True), sequences, sends)
+
+
+def _intent_labels_sql(
+    source: ProfileSource, connection: duckdb.DuckDBPyConnection, at: datetime, horizon_days: int
+) -> str:
+    at_sql = timestamp_literal(at)
+    return f"""
+SELECT p.profile_id, any_value(p.label_profile_id) AS label_profile_id,
+       count(e.label_profile_id) > 0 AS ordered
+FROM {source.label_profiles(connection, at)} AS p
+LEFT JOIN {source.label_events(connection)} AS e
+  ON e.label_profile_id = p.label_profile_id
+ AND e.event = 'Order Completed'
+ AND e.timestamp > {at_sql} AND e.timestamp <= {at_sql} + INTERVAL {horizon_days} DAY
+GROUP BY p.profile_id
+"""
+
+
+def _send_labels_sql(
+    source: ProfileSource,
+    connection: duckdb.DuckDBPyConnection,
+    at: datetime,
+    config: ExampleConfig,
+) -> str:
+    at_sql = timestamp_literal(at)
+    delivered = ", ".join(f"'{name}'" for name in DELIVERED)
+    engaged = ", ".join(f"'{name}'" for name in ENGAGED)
+    events = source.label_events(connection)
+    return f"""
+WITH sends AS (
+    SELECT label_profile_id, send_id, channel, timestamp AS sent_at,
+           (isodow(timestamp) - 1) * 24 + hour(timestamp) AS hour_of_week,
+           TRY_CAST(json_extract_string(properties, '$.send_hour_propensity') AS DOUBLE)
+               AS propensity
+    FROM {events}
+    WHERE event IN ({delivered}) AND send_id IS NOT NULL
+      AND timestamp > {at_sql}
+      AND timestamp <= {at_sql} + INTERVAL {config.send_window_days} DAY
+),
+engagements AS (
+    SELECT DISTINCT s.send_id
+    FROM sends AS s JOIN {events} AS e USING (send_id)
+    WHERE e.event IN ({engaged})
+      AND e.timestamp >= s.sent_at
+      AND e.timestamp <= s.sent_at + INTERVAL {int(ENGAGEMENT_WINDOW.total_seconds())} SECOND
+)
+SELECT p.profile_id, s.channel, s.hour_of_week, s.propensity, s.sent_at,
+       s.send_id IN (SELECT send_id FROM engagements) AS engaged
+FROM sends AS s
+JOIN {source.label_profiles(connection, at)} AS p USING (label_profile_id)
+ORDER BY p.profile_id, s.sent_at, s.send_id
+"""
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    train: list[datetime]
+    validation: list[datetime]
+    test: list[datetime]
+
+
+def cutoff_schedule(first: datetime, last: datetime, stride: timedelta) -> list[datetime]:
+    """Cutoffs from ``first`` to ``last`` (inclusive) every ``stride``."""
+    if stride <= timedelta(0):
+        raise ValueError("stride must be positive")
+    cutoffs, at = [], first
+    while at <= last:
+        cutoffs.append(at)
+        at += stride
+    return cutoffs
+
+
+def split_by_time(
+    cutoffs: list[datetime], horizon: timedelta, validation: int = 1, test: int = 1
+) -> TimeSplit:
+    """The last ``test`` cutoffs test, the ``validation`` before them validate, the rest train,
+    dropping cutoffs whose label window would reach the next split's first cutoff."""
+    cutoffs = sorted(cutoffs)
+    if len(cutoffs) < validation + test + 1:
+        raise ValueError(
+            f"need at least {validation + test + 1} cutoffs for a train/validation/test split, "
+            f"got {len(cutoffs)}"
+        )
+    test_cutoffs = cutoffs[-test:]
+    validation_cutoffs = [
+        c for c in cutoffs[-(test + validation) : -test] if c + horizon <= test_cutoffs[0]
+    ]
+    first_held_out = validation_cutoffs[0] if validation_cutoffs else test_cutoffs[0]
+    train_cutoffs = [c for c in cutoffs[: -(test + validation)] if c + horizon <= first_held_out]
+    if not train_cutoffs or not validation_cutoffs:
+        raise ValueError(
+            "the cutoffs are too close together for a split with a gap of the horizon "
+            f"({horizon}); use a longer range or a shorter horizon"
+        )
+    return TimeSplit(train_cutoffs, validation_cutoffs, test_cutoffs)
+
+
+def iterate_examples(
+    connection: duckdb.DuckDBPyConnection,
+    source: ProfileSource,
+    cutoffs: list[datetime],
+    config: ExampleConfig,
+) -> Iterator[CutoffExamples]:
+    for cutoff in cutoffs:
+        yield build_examples(connection, source, cutoff, config)
