@@ -15,10 +15,12 @@ WINDOWS_DAYS = (1, 7, 30, 90)
 MESSAGE_CHANNELS = ("email", "sms", "push")
 SITE_CHANNELS = ("web", "app")
 
+# Send events per channel; one send may be logged twice (Sent, then Delivered), so sends are
+# counted as distinct send_id (or message_id when a source has no send ids).
 _SENT = {
-    "email": ("Email Delivered", "Email Bounced"),
-    "sms": ("SMS Delivered",),
-    "push": ("Push Notification Received",),
+    "email": ("Email Sent", "Email Delivered", "Email Bounced"),
+    "sms": ("SMS Sent", "SMS Delivered"),
+    "push": ("Push Notification Sent", "Push Notification Received"),
 }
 _OPENED = {"email": ("Email Opened",)}
 _CLICKED = {
@@ -114,7 +116,8 @@ def aggregates_sql(profile_events: str, at: datetime) -> str:
         for days in WINDOWS_DAYS:
             recent = _within(days)
             columns.append(
-                f"count(*) FILTER ({_in(_SENT[channel])} AND {recent}) AS {channel}_sent_{days}d"
+                f"count(DISTINCT coalesce(send_id, message_id)) FILTER"
+                f" ({_in(_SENT[channel])} AND {recent}) AS {channel}_sent_{days}d"
             )
             if channel in _OPENED:
                 columns.append(

@@ -99,24 +99,36 @@ CANONICAL_EVENTS: dict[str, Channel | None] = {
     "Signed Up": None,
     "Page Viewed": Channel.WEB,
     "Screen Viewed": Channel.APP,
+    "Email Sent": Channel.EMAIL,
     "Email Delivered": Channel.EMAIL,
     "Email Opened": Channel.EMAIL,
     "Email Link Clicked": Channel.EMAIL,
     "Email Bounced": Channel.EMAIL,
     "Email Marked as Spam": Channel.EMAIL,
     "Unsubscribed": Channel.EMAIL,
+    "SMS Sent": Channel.SMS,
     "SMS Delivered": Channel.SMS,
     "SMS Link Clicked": Channel.SMS,
     "SMS Opted Out": Channel.SMS,
+    "Push Notification Sent": Channel.PUSH,
     "Push Notification Received": Channel.PUSH,
     "Push Notification Tapped": Channel.PUSH,
 }
 # Names a channel-specific event carries whatever properties.channel says.
 _CHANNEL_SPECIFIC = {"Email", "SMS", "Push"}
 
-# A message was sent to the person (the denominator of engagement) ...
+# A message was sent to the person (the denominator of engagement). One send may be logged by
+# several of these (Sent, then Delivered or Bounced); ``send_id`` ties them together.
 SEND_EVENTS = frozenset(
-    {"Email Delivered", "Email Bounced", "SMS Delivered", "Push Notification Received"}
+    {
+        "Email Sent",
+        "Email Delivered",
+        "Email Bounced",
+        "SMS Sent",
+        "SMS Delivered",
+        "Push Notification Sent",
+        "Push Notification Received",
+    }
 )
 # ... and the person engaged with it.
 ENGAGEMENT_EVENTS = frozenset(

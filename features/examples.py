@@ -7,9 +7,10 @@ or before ``t`` (a :class:`ProfileSource` provides that as-of view). Labels look
 in counts for the anonymous browsing that led to it.
 
 - intent label ``ordered``: an ``Order Completed`` of the profile within the horizon;
-- send labels: every message delivered to the profile within ``send_window`` after ``t``, its
-  channel, hour of week, the logged propensity of that hour, and whether it was opened, clicked
-  or tapped within 24 hours.
+- send labels: every message sent to the profile within ``send_window`` after ``t`` (a send is
+  its first logged event: Sent, else Delivered or Bounced, tied by ``send_id``), its channel,
+  hour of week, the logged propensity of that hour, and whether it was opened, clicked or
+  tapped within 24 hours of the send.
 
 Cutoffs are split by time into train / validation / test with a gap of at least the horizon,
 so no label window crosses into the next split.
@@ -26,9 +27,9 @@ import duckdb
 import pandas as pd
 
 from features.aggregates import aggregates_sql, timestamp_literal
+from features.contract import SEND_EVENTS
 from features.sequences import SequenceConfig, Sequences, sequences_sql, to_sequences
 
-DELIVERED = ("Email Delivered", "SMS Delivered", "Push Notification Received")
 ENGAGED = ("Email Opened", "Email Link Clicked", "SMS Link Clicked", "Push Notification Tapped")
 ENGAGEMENT_WINDOW = timedelta(hours=24)
 
@@ -149,19 +150,23 @@ def _send_labels_sql(
     config: ExampleConfig,
 ) -> str:
     at_sql = timestamp_literal(at)
-    delivered = ", ".join(f"'{name}'" for name in DELIVERED)
+    send_events = ", ".join(f"'{name}'" for name in sorted(SEND_EVENTS))
     engaged = ", ".join(f"'{name}'" for name in ENGAGED)
     events = source.label_events(connection)
     return f"""
-WITH sends AS (
-    SELECT label_profile_id, send_id, channel, timestamp AS sent_at,
-           (isodow(timestamp) - 1) * 24 + hour(timestamp) AS hour_of_week,
-           TRY_CAST(json_extract_string(properties, '$.send_hour_propensity') AS DOUBLE)
+WITH send_log AS (
+    SELECT send_id, arg_min(label_profile_id, timestamp) AS label_profile_id,
+           arg_min(channel, timestamp) AS channel, min(timestamp) AS sent_at,
+           max(TRY_CAST(json_extract_string(properties, '$.send_hour_propensity') AS DOUBLE))
                AS propensity
     FROM {events}
-    WHERE event IN ({delivered}) AND send_id IS NOT NULL
-      AND timestamp > {at_sql}
-      AND timestamp <= {at_sql} + INTERVAL {config.send_window_days} DAY
+    WHERE event IN ({send_events}) AND send_id IS NOT NULL
+    GROUP BY send_id
+),
+sends AS (
+    SELECT *, (isodow(sent_at) - 1) * 24 + hour(sent_at) AS hour_of_week
+    FROM send_log
+    WHERE sent_at > {at_sql} AND sent_at <= {at_sql} + INTERVAL {config.send_window_days} DAY
 ),
 engagements AS (
     SELECT DISTINCT s.send_id

@@ -35,7 +35,8 @@ HISTORY = [
     ev("ana", "Product Viewed", timedelta(days=1, hours=1), category="teapots"),
     ev("ana", "Product Added", timedelta(days=1), revenue=12.0),
     ev("ana", "Checkout Started", timedelta(hours=6), revenue=15.0),
-    ev("ana", "Email Delivered", timedelta(hours=30), channel="email"),
+    ev("ana", "Email Sent", timedelta(hours=30, minutes=1), channel="email", send_id="s1"),
+    ev("ana", "Email Delivered", timedelta(hours=30), channel="email", send_id="s1"),  # same send
     ev("ana", "Email Opened", timedelta(hours=29), channel="email"),
     ev("ana", "Email Link Clicked", timedelta(hours=28), channel="email"),
     ev("ana", "Unsubscribed", timedelta(hours=3), channel="email"),
@@ -53,8 +54,9 @@ HISTORY = [
 def result() -> dict[str, dict]:
     connection = duckdb.connect()
     rows = [
-        {name: e.get(name) for name in EVENT_SCHEMA.names} | {"profile_id": e["profile_id"]}
-        for e in HISTORY
+        {name: e.get(name) for name in EVENT_SCHEMA.names}
+        | {"profile_id": e["profile_id"], "message_id": str(i)}
+        for i, e in enumerate(HISTORY)
     ]
     table = pa.Table.from_pylist(
         rows, schema=EVENT_SCHEMA.append(pa.field("profile_id", pa.string()))
@@ -97,7 +99,7 @@ def test_only_profiles_seen_by_the_cutoff(result: dict) -> None:
         ("cart_age_hours", 24.0),
         ("email_unsubscribed", True),
         ("sms_opted_out", False),
-        ("events_total", 11),
+        ("events_total", 12),
         ("first_seen_at", AT - timedelta(days=40)),
         ("last_seen_at", AT - timedelta(hours=2)),
     ],
@@ -112,6 +114,7 @@ def test_ana(result: dict, column: str, expected: object) -> None:
     [
         ("orders_total", 0),
         ("cancellations_total", 1),
+        ("events_total", 2),
         ("days_since_last_order", None),
         ("average_order_value", None),
         ("sms_sent_7d", 1),
