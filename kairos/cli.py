@@ -38,7 +38,7 @@ WorkspaceOption = Annotated[
         "--workspace",
         "-w",
         help="Workspace folder for the event store, MLflow runs and exports "
-        "[default: $KAIROS_HOME, else ./.kairos].",
+        "(default: $KAIROS_HOME, else ./.kairos).",
         show_default=False,
     ),
 ]
@@ -206,6 +206,46 @@ def ingest(
         _print_ingest_table(reports, totals, ws.event_store)
     if failures:
         raise typer.Exit(1)
+
+
+features_app = typer.Typer(
+    help="Point-in-time profile features.", no_args_is_help=True, add_completion=False
+)
+app.add_typer(features_app, name="features")
+
+
+@features_app.command("build")
+def features_build(
+    at: Annotated[
+        datetime,
+        typer.Option(help="The instant (UTC) profiles are described at; nothing later is read."),
+    ],
+    out: Annotated[Path, typer.Option(help="Output file, .parquet or .csv.")],
+    workspace: WorkspaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write one row per profile with its aggregates at --at (columns: features/aggregates.py)."""
+    from features.aggregates import aggregates_sql
+    from features.profile_source import default_profile_source
+    from features.store import EventStore
+    from kairos.output import OutputError, check_output_path, write_table
+
+    try:
+        check_output_path(out)
+    except OutputError as error:
+        _fail(str(error), code=2)
+    ws = open_workspace(workspace)
+    with EventStore(ws.event_store, read_only=True) as store:
+        source = default_profile_source(store.connection)
+        events = source.events_as_of(store.connection, at)
+        table = store.connection.sql(aggregates_sql(events, at)).to_arrow_table()
+    write_table(table, out)
+    if as_json:
+        print(
+            json.dumps({"profiles": table.num_rows, "columns": table.num_columns, "out": str(out)})
+        )
+    else:
+        console.print(f"{table.num_rows:,} profiles x {table.num_columns} columns at {at} -> {out}")
 
 
 @app.command()
