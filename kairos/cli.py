@@ -60,7 +60,7 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")] = 7,
     start: Annotated[
         datetime | None,
-        typer.Option(help="First simulated instant, UTC [default: 2026-01-05, a Monday]."),
+        typer.Option(help="First simulated instant, UTC (default: 2026-01-05, a Monday)."),
     ] = None,
     bad_record_rate: Annotated[
         float,
@@ -113,7 +113,7 @@ def ingest(
     ],
     format: Annotated[
         str | None,
-        typer.Option("--format", help="segment, csv or parquet [default: from the extension]."),
+        typer.Option("--format", help="segment, csv or parquet (default: from the extension)."),
     ] = None,
     mapping: Annotated[
         list[str] | None,
@@ -140,7 +140,7 @@ def ingest(
     ] = 100_000,
     workers: Annotated[
         int | None,
-        typer.Option(min=1, help="Processes decoding JSON lines [default: 2 for files > 32 MB]."),
+        typer.Option(min=1, help="Processes decoding JSON lines (default: 2 for files > 32 MB)."),
     ] = None,
     workspace: WorkspaceOption = None,
     as_json: JsonOption = False,

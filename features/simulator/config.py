@@ -64,9 +64,9 @@ class SimulationConfig:
     push_receive_probability: float = 0.92  # push sends that reach the device
     # Complaints and opt-outs per delivered message: base + disengaged * (1 - level)^2.
     unsubscribe_base: float = 0.001
-    unsubscribe_disengaged: float = 0.02
+    unsubscribe_disengaged: float = 0.01
     spam_base: float = 0.0003
-    spam_disengaged: float = 0.006
+    spam_disengaged: float = 0.003
     sms_opt_out_base: float = 0.003
     sms_opt_out_disengaged: float = 0.03
     # Delays after delivery, exponential means in minutes; every outcome lands within 24 h.
@@ -91,13 +91,14 @@ class SimulationConfig:
     purchase_hazard: tuple[float, float, float] = (0.0005, 0.01, 0.15)  # per day, by state
     purchase_propensity_sd: float = 0.5  # lognormal sigma of the person's hazard multiplier
     max_purchase_hazard: float = 0.9  # per day
-    session_rate: tuple[float, float, float] = (0.02, 0.30, 0.80)  # sessions per day, by state
+    session_rate: tuple[float, float, float] = (0.015, 0.25, 0.70)  # sessions per day, by state
     browse_activity_sd: float = 0.5  # lognormal sigma of the person's session-rate multiplier
-    product_views_mean: tuple[float, float, float] = (0.5, 1.0, 1.5)  # beyond the first, by state
+    product_views_mean: tuple[float, float, float] = (0.3, 0.8, 1.2)  # beyond the first, by state
     add_to_cart: tuple[float, float, float] = (0.02, 0.06, 0.20)  # per product viewed, by state
     cart_view_given_added: float = 0.6  # browsing sessions with an add that open the cart
     checkout_given_cart: float = 0.4  # of those, abandoned checkouts
-    home_page_share: float = 0.7  # sessions entering through the home page
+    home_page_share: float = 0.5  # sessions entering through the home page
+    category_list_share: float = 0.5  # sessions viewing a category list (a second: half again)
     favourite_category_share: float = 0.7  # product views in the person's favourite categories
     login_per_session: tuple[float, float, float] = (0.30, 0.15, 0.10)  # own, household, kiosk
     login_at_checkout: float = 0.85  # account holders not logged in who log in to order
