@@ -79,3 +79,33 @@ def test_unknown_timezone_is_a_usage_error(tmp_path: Path, workspace: Path) -> N
     result = runner.invoke(app, ["ingest", str(path), "--timezone", "Mars/Base"])
     assert result.exit_code == 2
     assert "unknown time zone 'Mars/Base'" in result.output
+
+
+def test_features_build_writes_one_row_per_profile_seen_by_then(
+    tmp_path: Path, workspace: Path
+) -> None:
+    path = write_events(tmp_path / "e.jsonl", 6)  # anonymous ids a-0, a-1, a-2
+    assert runner.invoke(app, ["ingest", str(path)]).exit_code == 0
+    out = tmp_path / "features.parquet"
+    result = runner.invoke(
+        app, ["features", "build", "--at", "2026-01-05T10:00:00", "--out", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["profiles"] == 3
+    import pandas as pd
+
+    frame = pd.read_parquet(out)
+    assert sorted(frame["profile_id"]) == ["a-0", "a-1", "a-2"]
+    assert frame["events_total"].tolist() == [2, 2, 2]
+    early = runner.invoke(
+        app, ["features", "build", "--at", "2026-01-05T09:59:59", "--out", str(out), "--json"]
+    )
+    assert json.loads(early.stdout)["profiles"] == 0  # nothing happened yet
+
+
+def test_features_build_refuses_unknown_output_format(tmp_path: Path, workspace: Path) -> None:
+    result = runner.invoke(
+        app, ["features", "build", "--at", "2026-01-05", "--out", str(tmp_path / "f.xlsx")]
+    )
+    assert result.exit_code == 2
+    assert "output must end in .parquet or .csv" in result.output
