@@ -1,0 +1,99 @@
+"""Speed of point-in-time features: aggregates and sequences at one cutoff, examples at 8.
+
+    python benchmarks/bench_features.py [--customers 100000] [--days 90] [--store PATH]
+
+Simulates a world (or reuses an event store given with --store), then times aggregates and
+sequences for every profile at the last day, and training examples at 8 weekly cutoffs.
+Prints one JSON line per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from features.aggregates import aggregates_sql
+from features.examples import ExampleConfig, build_examples
+from features.ingest import ingest_file
+from features.profile_source import default_profile_source
+from features.sequences import SequenceConfig, sequences_sql, to_sequences
+from features.simulate import simulate
+from features.store import EventStore
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--store", type=Path, help="reuse this event store instead of simulating")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        store_path = args.store
+        if store_path is None:
+            world = simulate(Path(tmp) / "world", customers=args.customers, days=args.days, seed=3)
+            store_path = Path(tmp) / "store.duckdb"
+            with EventStore(store_path) as store:
+                ingest_file(store, world.events_path)
+        with EventStore(store_path, read_only=True) as store:
+            connection = store.connection
+            events = store.count()
+            last = connection.sql("SELECT max(timestamp) FROM events").fetchall()[0][0]
+            source = default_profile_source(connection)
+            view = source.events_as_of(connection, last)
+
+            started = time.perf_counter()
+            aggregates = connection.sql(aggregates_sql(view, last)).to_arrow_table()
+            aggregate_seconds = time.perf_counter() - started
+            config = SequenceConfig()
+            started = time.perf_counter()
+            rows = connection.sql(sequences_sql(view, last, config)).to_arrow_table()
+            sequences = to_sequences(rows, config)
+            sequence_seconds = time.perf_counter() - started
+            print(
+                json.dumps(
+                    {
+                        "measure": "one cutoff",
+                        "events": events,
+                        "profiles": aggregates.num_rows,
+                        "aggregate_seconds": round(aggregate_seconds, 2),
+                        "sequence_seconds": round(sequence_seconds, 2),
+                        "sequence_length": config.length,
+                        "sequence_profiles": len(sequences),
+                        "peak_rss_mb": round(peak_rss_mb()),
+                    }
+                )
+            )
+
+            cutoffs = [last - timedelta(days=7 * k + 14) for k in range(8)]
+            started = time.perf_counter()
+            examples = sends = 0
+            for cutoff in cutoffs:
+                built = build_examples(connection, source, cutoff, ExampleConfig())
+                examples += len(built.profiles)
+                sends += len(built.sends)
+            seconds = time.perf_counter() - started
+            print(
+                json.dumps(
+                    {
+                        "measure": "examples at 8 cutoffs",
+                        "examples": examples,
+                        "send_labels": sends,
+                        "seconds": round(seconds, 2),
+                        "examples_per_second": round(examples / seconds),
+                        "peak_rss_mb": round(peak_rss_mb()),
+                    }
+                )
+            )
+
+
+if __name__ == "__main__":
+    main()
