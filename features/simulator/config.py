@@ -130,7 +130,9 @@ class SimulationConfig:
         ):
             raise ValueError("simulation config send_hour_weights needs 24 weights, not all zero")
         if self.kiosk_users[0] > self.kiosk_users[1]:
-            raise ValueError(f"simulation config kiosk_users must be (low, high): {self.kiosk_users}")
+            raise ValueError(
+                f"simulation config kiosk_users must be (low, high): {self.kiosk_users}"
+            )
 
     @property
     def send_hour_probabilities(self) -> tuple[float, ...]:

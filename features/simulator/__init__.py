@@ -1,0 +1,1 @@
+"""The Kairos world simulator; the public entry point is ``features.simulate``."""
