@@ -208,6 +208,17 @@ def ingest(
         raise typer.Exit(1)
 
 
+def _mount_stage_commands() -> None:
+    """Each pipeline stage keeps its commands in its own module; they all hang off `kairos`."""
+    from kairos.cli_identity import identity_app
+    from kairos.cli_segments import segments_app
+    from kairos.cli_training import register as register_training
+
+    app.add_typer(identity_app, name="identity")
+    app.add_typer(segments_app, name="segments")
+    register_training(app)
+
+
 features_app = typer.Typer(
     help="Point-in-time profile features.", no_args_is_help=True, add_completion=False
 )
@@ -349,3 +360,6 @@ def _size(path: Path) -> int | None:
 def _fail(message: str, code: int = 1) -> None:
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code)
+
+
+_mount_stage_commands()

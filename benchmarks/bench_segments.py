@@ -1,0 +1,190 @@
+"""Speed of the segment evaluators on the default library.
+
+Batch: every profile's memberships at a cutoff (membership only, then with exact entered_at),
+over synthetic profile events generated in DuckDB. Incremental: microseconds per event per
+profile when a sample of those profiles is streamed through ``SegmentEngine`` (time-driven
+changes between events included).
+
+    python benchmarks/bench_segments.py --profiles 1000000 --events-per-profile 20
+    python benchmarks/bench_segments.py --profiles 20000 --json     # quick
+
+Targets (issue 6): batch 1M profiles x default library < 30 s; incremental < 200 us per event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from serving.segments.batch import evaluate_batch, profile_events_of
+from serving.segments.incremental import SegmentEngine
+from serving.segments.library import load_library
+
+AT = datetime(2026, 3, 1)
+# (event, weight per 1000 events): a brand that emails more than it sells.
+MIX = [
+    ("Email Delivered", 250),
+    ("Email Opened", 70),
+    ("Email Link Clicked", 15),
+    ("Email Bounced", 3),
+    ("Unsubscribed", 2),
+    ("Email Marked as Spam", 1),
+    ("SMS Delivered", 50),
+    ("SMS Link Clicked", 5),
+    ("SMS Opted Out", 1),
+    ("Push Notification Received", 40),
+    ("Push Notification Tapped", 8),
+    ("Page Viewed", 200),
+    ("Product Viewed", 180),
+    ("Product List Viewed", 60),
+    ("Product Added", 40),
+    ("Cart Viewed", 20),
+    ("Checkout Started", 15),
+    ("Order Completed", 12),
+    ("Identify", 28),
+]
+
+
+def generate(
+    connection: duckdb.DuckDBPyConnection, profiles: int, per_profile: int, days: int
+) -> int:
+    """Table profile_events: profiles x per_profile events (on average) over `days` days."""
+    assert sum(w for _, w in MIX) == 1000
+    cases, total = [], 0
+    for name, weight in MIX:
+        total += weight
+        cases.append(f"WHEN r < {total} THEN '{name}'")
+    span = days * 86_400_000_000
+    connection.execute(
+        f"""
+        CREATE OR REPLACE TABLE profile_events AS
+        WITH raw AS (
+            SELECT (hash(i, 1) % {profiles})::BIGINT AS p, (hash(i, 2) % 1000)::INTEGER AS r,
+                   (hash(i, 3) % {span})::BIGINT AS back, hash(i, 4) AS h
+            FROM range({profiles * per_profile}) t(i)
+        )
+        SELECT 'p' || p AS profile_id,
+               CASE {" ".join(cases)} END AS event,
+               make_timestamp(epoch_us(TIMESTAMP '{AT.isoformat(sep=" ")}') - back) AS timestamp,
+               CASE WHEN p % 10 < 7 THEN 'p' || p || '@example.com' END AS email,
+               CASE WHEN p % 10 < 3 THEN '+4479' || lpad((p % 100000000)::VARCHAR, 8, '0')
+                    END AS phone,
+               CASE WHEN r >= 985 THEN (h % 20000) / 100.0 END AS revenue,
+               'c' || (h % 20) AS category,
+               NULL::VARCHAR AS channel,
+               NULL::VARCHAR AS properties
+        FROM raw
+        """
+    )
+    return connection.sql("SELECT count(*) FROM profile_events").fetchall()[0][0]
+
+
+def bench_batch(connection, library, entered_at: bool) -> tuple[float, int, dict]:
+    started = time.perf_counter()
+    result = evaluate_batch(connection, "profile_events", library, AT, entered_at=entered_at)
+    return time.perf_counter() - started, result.memberships.num_rows, result.sizes
+
+
+def bench_incremental(connection, library, sample: int) -> dict:
+    ids = [
+        row[0]
+        for row in connection.sql(
+            "SELECT DISTINCT profile_id FROM profile_events "
+            f"ORDER BY hash(profile_id) LIMIT {sample}"
+        ).fetchall()
+    ]
+    streams = [profile_events_of(connection, "profile_events", pid, AT) for pid in ids]
+    engine = SegmentEngine(library)
+    per_event = []
+    events = 0
+    started = time.perf_counter()
+    for pid, stream in zip(ids, streams, strict=True):
+        state = engine.new_profile(pid)
+        t0 = time.perf_counter()
+        for event in stream:
+            engine.apply(state, event)
+        engine.advance(state, AT + timedelta(days=400))  # every remaining window runs out
+        elapsed = time.perf_counter() - t0
+        if stream:
+            per_event.append(elapsed / len(stream) * 1e6)
+            events += len(stream)
+    total = time.perf_counter() - started
+    per_event.sort()
+    return {
+        "profiles": len(ids),
+        "events": events,
+        "us_per_event_mean": round(total / max(events, 1) * 1e6, 1),
+        "us_per_event_median_profile": round(statistics.median(per_event), 1) if per_event else 0,
+        "us_per_event_p99_profile": round(per_event[int(0.99 * (len(per_event) - 1))], 1)
+        if per_event
+        else 0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profiles", type=int, default=1_000_000)
+    parser.add_argument("--events-per-profile", type=int, default=20)
+    parser.add_argument("--days", type=int, default=400)
+    parser.add_argument("--sample", type=int, default=2000, help="profiles streamed incrementally")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--memory-limit", default="8GB")
+    parser.add_argument("--skip-entered-at", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    connection = duckdb.connect()
+    connection.execute(f"SET threads = {args.threads}; SET memory_limit = '{args.memory_limit}'")
+    started = time.perf_counter()
+    events = generate(connection, args.profiles, args.events_per_profile, args.days)
+    generated = time.perf_counter() - started
+    library = load_library()
+    report = {
+        "profiles": args.profiles,
+        "events": events,
+        "days": args.days,
+        "threads": args.threads,
+        "segments": len(library.names),
+        "generate_seconds": round(generated, 1),
+    }
+    seconds, rows, sizes = bench_batch(connection, library, entered_at=False)
+    report |= {"batch_membership_seconds": round(seconds, 1), "memberships": rows}
+    if not args.skip_entered_at:
+        seconds, rows_with, _ = bench_batch(connection, library, entered_at=True)
+        assert rows_with == rows, "timeline and membership query disagree"
+        report["batch_with_entered_at_seconds"] = round(seconds, 1)
+    report["incremental"] = bench_incremental(connection, library, args.sample)
+    report["sizes"] = sizes
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(
+        f"{report['profiles']:,} profiles, {events:,} events over {args.days} days, "
+        f"{report['segments']} segments, {args.threads} threads"
+    )
+    print(f"batch, membership at a cutoff:       {report['batch_membership_seconds']:>7.1f} s")
+    if "batch_with_entered_at_seconds" in report:
+        print(
+            "batch, with exact entered_at:        "
+            f"{report['batch_with_entered_at_seconds']:>7.1f} s"
+        )
+    inc = report["incremental"]
+    print(
+        f"incremental, {inc['profiles']:,} profiles / {inc['events']:,} events: "
+        f"{inc['us_per_event_mean']} us/event "
+        f"(median profile {inc['us_per_event_median_profile']}, "
+        f"p99 profile {inc['us_per_event_p99_profile']})"
+    )
+
+
+if __name__ == "__main__":
+    main()

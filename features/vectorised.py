@@ -1,0 +1,698 @@
+"""Vectorised normalisation: the Segment event contract computed in DuckDB SQL, for whole batches.
+
+``features.contract.normalise_message`` is the reference meaning of a message and costs ~20 µs per
+event in Python. This module computes the same canonical rows for a whole Arrow batch of JSON lines
+in one DuckDB query, but only *claims* the lines whose row it can compute with certainty: anything
+unusual (malformed JSON, rejections, derived message ids, Python ``repr`` in a warning, ...) is
+handed back unclaimed, for the reference path to normalise, reject or dead-letter. Exactness never
+depends on covering every case; coverage only decides the speed.
+
+Division of labour inside the query:
+- fields that differ on every line (message ids, timestamps, identifiers, property texts, revenue)
+  are computed in SQL, under claim conditions that say when SQL and Python provably agree;
+- fields whose meaning lives in Python libraries (phone numbers, odd emails, custom event names,
+  unusual channels) are computed by the reference functions themselves, called from a vectorised
+  UDF once per distinct value of a batch, so they are exact by construction.
+
+JSON: DuckDB parses with yyjson, the reference with orjson. They agree on every document except
+those ``kairos_parseable`` screens out (NaN/Infinity, trailing commas, integers of 19+ digits,
+3-digit exponents, nesting near orjson's limit), and on duplicate keys, where yyjson keeps the
+first value and orjson the last: lines with a duplicate key where we read or store are not claimed.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+from duckdb.sqltypes import BOOLEAN, VARCHAR, DuckDBPyType
+
+from features.contract import (
+    _APP_DEVICE_TYPES,
+    _CHANNEL_SPECIFIC,
+    CANONICAL_EVENTS,
+    CHANNELS,
+    NormaliseOptions,
+    RejectedRecord,
+    _channel,
+    _email,
+    _event_name,
+    _phone,
+)
+from features.store import EVENT_SCHEMA
+
+__all__ = ["CLAIMED_SCHEMA", "normalise_lines"]
+
+CLAIMED_SCHEMA = pa.schema([pa.field("position", pa.int64()), *EVENT_SCHEMA])
+_UNCLAIMED_SCHEMA = pa.schema([pa.field("position", pa.int64()), pa.field("raw", pa.string())])
+
+# --- What one JSON parse extracts per line (name -> JSON path) --------------------------------
+# json_extract returns each value as JSON text: SQL NULL when the key is absent and 'null' when
+# it is present with null, which is how Python's ``dict.get(key, default)`` semantics survive.
+# Every extracted value costs time, so keys that realistic messages rarely carry are looked up
+# lazily in the ``properties`` text instead (RARE_PROPERTIES, see ``message`` below).
+VALUE_PATHS: dict[str, str] = {
+    "type": "$.type",
+    "message_id": "$.messageId",
+    "timestamp": "$.timestamp",
+    "user_id": "$.userId",
+    "anonymous_id": "$.anonymousId",
+    "event": "$.event",
+    "batch": "$.batch",
+    "properties": "$.properties",
+    "traits": "$.traits",
+    "context_traits": "$.context.traits",
+    "context_email": "$.context.traits.email",
+    "context_phone": "$.context.traits.phone",
+    "device_id": "$.context.device.id",
+    "device_type": "$.context.device.type",
+    "app": "$.context.app",
+    "order_id": "$.properties.order_id",
+    "product_id": "$.properties.product_id",
+    "category": "$.properties.category",
+    "currency": "$.properties.currency",
+    "send_id": "$.properties.send_id",
+    "campaign_id": "$.properties.campaign_id",
+    "channel": "$.properties.channel",
+    "revenue": "$.properties.revenue",
+    "price": "$.properties.price",
+    "quantity": "$.properties.quantity",
+}
+RARE_PROPERTIES = ("email", "phone", "sku", "email_id", "products", "total", "value")
+# Fields read as text (identifier_text() or _text()), in the order of ``texts`` in the query.
+TEXT_FIELDS = (
+    "message_id",
+    "user_id",
+    "anonymous_id",
+    "device_id",
+    "order_id",
+    "product_id",
+    "category",
+    "currency",
+    "send_id",
+    "campaign_id",
+)
+# Objects whose keys we look up; each must be free of duplicate keys (see the module docstring).
+OBJECT_PATHS = (
+    "$",
+    "$.context",
+    "$.context.device",
+    "$.context.traits",
+    "$.traits",
+    "$.properties",
+)
+
+# Code points for which Python's str.isspace() is true, i.e. what str.strip() removes
+# (tests/test_vectorised.py checks this list against Python).
+PYTHON_WHITESPACE = (
+    *range(9, 14), *range(28, 33), 133, 160, 5760, *range(8192, 8203), 8232, 8233, 8239, 8287, 12288
+)  # fmt: skip
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _sql_list(values: Any) -> str:
+    return ", ".join(_sql_text(value) for value in values)
+
+
+# --- SQL macros: each one states when SQL agrees with the reference ---------------------------
+# @NAME@ placeholders are filled in from the contract below, so the SQL reads as plain SQL.
+_MACROS_TEMPLATE = r"""
+-- yyjson (DuckDB) accepts more than orjson: NaN/Infinity literals (in any case) and trailing
+-- commas; it keeps integers of 19+ digits and overflowing exponents as raw text where orjson
+-- makes a float or fails; orjson also refuses nesting 1024 deep (which needs 2048+ brackets).
+-- Such a token follows ':', ',' or '[', and one pattern per separator lets the regex engine
+-- jump from separator to separator. String content can trip them too: such a line is merely
+-- left to Python.
+CREATE OR REPLACE TEMP MACRO kairos_parseable(raw) AS
+    json_valid(raw)
+    AND NOT regexp_matches(raw, ':@ODD_NUMBER@')
+    AND NOT regexp_matches(raw, ',(?:@ODD_NUMBER@|\s*[}\]])')
+    AND NOT regexp_matches(raw, '\[@ODD_NUMBER@')
+    AND CASE WHEN strlen(raw) < 2048 THEN true
+             ELSE strlen(raw) - strlen(replace(replace(raw, '{', ''), '[', '')) < 1000 END;
+
+-- A line whose string values all need no work: no escapes (no backslash at all), ASCII only, and
+-- no string starting or ending with a space ('" ' or ' "' never occurs). Then str.strip() changes
+-- no value and dropping the quotes of a JSON string gives its value. Nearly all lines are plain.
+CREATE OR REPLACE TEMP MACRO kairos_plain_line(raw) AS
+    NOT contains(raw, '\') AND strlen(raw) = length(raw)
+    AND NOT contains(raw, '" ') AND NOT contains(raw, ' "');
+-- The same for one JSON string of another line: no escapes, visible ASCII at both ends.
+CREATE OR REPLACE TEMP MACRO kairos_plain_string(j) AS
+    regexp_full_match(j, '"[!#-\[\]-~](?:[^"\\]*[!#-\[\]-~])?"');
+CREATE OR REPLACE TEMP MACRO kairos_unquoted(j) AS substr(j, 2, length(j) - 2);
+-- str.strip() of any JSON string (empty is None): trim() removes exactly the characters Python
+-- calls whitespace. It is slow, hence the plain cases.
+CREATE OR REPLACE TEMP MACRO kairos_stripped(j, plain) AS
+    CASE WHEN j = '""' THEN NULL
+         WHEN plain THEN kairos_unquoted(j)
+         WHEN kairos_plain_string(j) THEN kairos_unquoted(j)
+         ELSE nullif(trim(json_extract_string(j, '$'), @WHITESPACE@), '') END;
+
+-- A JSON integer. kairos_parseable keeps them under 19 digits, so Python's str(int) is the text.
+CREATE OR REPLACE TEMP MACRO kairos_is_integer(j) AS regexp_full_match(j, '-?[0-9]+');
+
+-- One JSON value read as text, as {kind, value}: kind is null, string, integer, boolean,
+-- container (object/array) or float; value is str.strip() of a string (empty is None), the
+-- digits of an integer and 'True'/'False' for booleans. identifier_text() and _text() agree
+-- with it for every kind but float (repr), and identifier_text() rejects booleans and containers.
+CREATE OR REPLACE TEMP MACRO kairos_json_text(j, plain) AS
+    CASE WHEN j IS NULL OR j = 'null' THEN {'kind': 'null', 'value': NULL::VARCHAR}
+         WHEN starts_with(j, '"') THEN {'kind': 'string', 'value': kairos_stripped(j, plain)}
+         WHEN j = 'true' THEN {'kind': 'boolean', 'value': 'True'}
+         WHEN j = 'false' THEN {'kind': 'boolean', 'value': 'False'}
+         WHEN starts_with(j, '{') OR starts_with(j, '[')
+             THEN {'kind': 'container', 'value': NULL::VARCHAR}
+         WHEN kairos_is_integer(j) THEN {'kind': 'integer', 'value': j}
+         ELSE {'kind': 'float', 'value': NULL::VARCHAR} END;
+
+-- _number() as {known, value}: JSON numbers (their text is the shortest round trip of the same
+-- double, so the cast is exact), strings in plain decimal notation (float() and DuckDB both
+-- round correctly), and what it maps to None without a doubt (null, booleans, containers).
+-- Other strings (' 1', '1_0', 'nan', '١') are not known.
+CREATE OR REPLACE TEMP MACRO kairos_json_number(j) AS
+    CASE WHEN j IS NULL OR j IN ('null', 'true', 'false') OR starts_with(j, '{')
+              OR starts_with(j, '[') THEN {'known': true, 'value': NULL::DOUBLE}
+         WHEN NOT starts_with(j, '"') THEN {'known': true, 'value': CAST(j AS DOUBLE)}
+         WHEN regexp_full_match(j, '"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]{1,3})?"') THEN
+             {'known': true,
+              'value': CASE WHEN isfinite(CAST(kairos_unquoted(j) AS DOUBLE))
+                            THEN CAST(kairos_unquoted(j) AS DOUBLE) END}
+         ELSE {'known': false, 'value': NULL::DOUBLE} END;
+
+-- _object_field(): an object, or null/absent meaning {}; anything else rejects the record.
+CREATE OR REPLACE TEMP MACRO kairos_object_or_nothing(j) AS
+    j IS NULL OR j = 'null' OR starts_with(j, '{');
+
+-- orjson.dumps(value) if value else None, for an object (equal as parsed JSON).
+CREATE OR REPLACE TEMP MACRO kairos_nonempty_object(j) AS
+    CASE WHEN starts_with(j, '{') AND j <> '{}' THEN j END;
+
+-- Python truthiness of context.get("app") (a JSON value).
+CREATE OR REPLACE TEMP MACRO kairos_truthy(j) AS
+    CASE WHEN j IS NULL OR j IN ('null', 'false', '{}', '[]', '""') THEN false
+         WHEN j = 'true' OR starts_with(j, '"') OR starts_with(j, '{') OR starts_with(j, '[')
+              THEN true
+         ELSE CAST(j AS DOUBLE) <> 0 END;
+
+-- parse_timestamp() for the ISO 8601 form sources send, with an explicit Z or +HH:MM offset so
+-- the options' time zone never applies. DuckDB's TIMESTAMPTZ cast then agrees with Python's
+-- fromisoformat() + astimezone(UTC): same calendar checks (02-30 fails), same offset, and both
+-- keep the first 6 fractional digits, truncating the rest. NULL for any other form.
+CREATE OR REPLACE TEMP MACRO kairos_utc_timestamp(j) AS
+    CASE WHEN regexp_full_match(
+        j,
+        '"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]'
+        || '(?:\.[0-9]{1,9})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"'
+    ) THEN make_timestamp(epoch_us(try_cast(kairos_unquoted(j) AS TIMESTAMPTZ))) END;
+
+-- _email() of a plain ASCII address that passes its regex as it stands: strip() changes nothing
+-- and lower() is ASCII lower-casing. No '"' or '\' either, so the JSON text is the value. Any
+-- other value goes to the reference function.
+CREATE OR REPLACE TEMP MACRO kairos_no_text() AS
+    {'value': NULL::VARCHAR, 'warning': NULL::VARCHAR};
+CREATE OR REPLACE TEMP MACRO kairos_email(j) AS
+    CASE WHEN j IS NULL OR j IN ('null', '""') THEN kairos_no_text()
+         WHEN regexp_full_match(j, '"[!#-?A-\[\]-~]+@[!#-?A-\[\]-~]+\.[!#-\-/-?A-\[\]-~]+"')
+             THEN {'value': lower(kairos_unquoted(j)), 'warning': NULL::VARCHAR}
+         ELSE kairos_email_reference(j) END;
+-- _phone(): phonenumbers decides, through the reference function.
+CREATE OR REPLACE TEMP MACRO kairos_phone(j, region) AS
+    CASE WHEN j IS NULL OR j IN ('null', '""') THEN kairos_no_text()
+         ELSE kairos_phone_reference(j, region) END;
+
+-- _event_name() for the names that need no lookup: a canonical track event, or the fixed name of
+-- a page, screen or identify message. NULL (ask the reference function) for anything else.
+CREATE OR REPLACE TEMP MACRO kairos_event_name(kind, j) AS
+    CASE kind WHEN 'track' THEN CASE WHEN j IN (@CANONICAL_JSON@) THEN kairos_unquoted(j) END
+              @EVENT_OF_KIND@ END;
+-- CANONICAL_EVENTS.get(event): the channel a canonical name implies.
+CREATE OR REPLACE TEMP MACRO kairos_implied_channel(event) AS
+    CASE event @IMPLIED_CHANNEL@ END;
+-- _channel(), for the usual inputs; NULL (ask the reference function) when properties.channel
+-- would be normalised or warned about, or device.type is not plain ASCII.
+CREATE OR REPLACE TEMP MACRO kairos_channel(kind, event, implied, stated, app, device_type) AS
+    CASE WHEN event IN (@CHANNEL_SPECIFIC@) THEN implied
+         WHEN stated IS NOT NULL AND stated <> 'null' THEN
+             CASE WHEN stated IN (@CHANNELS_JSON@) THEN kairos_unquoted(stated) END
+         WHEN implied IS NOT NULL THEN implied
+         WHEN kind = 'screen' OR kairos_truthy(app) THEN 'app'
+         WHEN device_type IS NULL OR NOT starts_with(device_type, '"') THEN 'web'
+         WHEN regexp_full_match(device_type, '"[ -!#-\[\]-~]*"') THEN
+             CASE WHEN lower(kairos_unquoted(device_type)) IN (@APP_DEVICE_TYPES@) THEN 'app'
+                  ELSE 'web' END
+    END;
+"""
+
+
+def _macros_sql() -> str:
+    """The macros, with the contract's names and channels written in."""
+    implied = {name: channel.value for name, channel in CANONICAL_EVENTS.items() if channel}
+    fixed = {kind: _event_name(kind, {}) for kind in ("page", "screen", "identify")}
+    channel_specific = [name for name in implied if name.split(" ", 1)[0] in _CHANNEL_SPECIFIC]
+    values = {
+        "@WHITESPACE@": _sql_text("".join(map(chr, PYTHON_WHITESPACE))),
+        "@ODD_NUMBER@": r"\s*-?(?:(?i:nan|inf)|[0-9]{19}|[0-9]+(?:\.[0-9]+)?[eE][+-]?[0-9]{3})",
+        "@CANONICAL_JSON@": _sql_list(orjson.dumps(name).decode() for name in CANONICAL_EVENTS),
+        "@EVENT_OF_KIND@": " ".join(
+            f"WHEN {_sql_text(kind)} THEN {_sql_text(name)}" for kind, name in fixed.items()
+        ),
+        "@IMPLIED_CHANNEL@": " ".join(
+            f"WHEN {_sql_text(name)} THEN {_sql_text(channel)}" for name, channel in implied.items()
+        ),
+        "@CHANNEL_SPECIFIC@": _sql_list(channel_specific),
+        "@CHANNELS_JSON@": _sql_list(f'"{channel}"' for channel in CHANNELS),
+        "@APP_DEVICE_TYPES@": _sql_list(sorted(_APP_DEVICE_TYPES)),
+    }
+    sql = _MACROS_TEMPLATE
+    for placeholder, value in values.items():
+        sql = sql.replace(placeholder, value)
+    return sql
+
+
+# --- The query ---------------------------------------------------------------------------------
+_LINES_VIEW = "kairos_vectorised_lines"
+_QUERY_TEMPLATE = r"""
+WITH parsed AS (
+    -- One parse for the values, one for the key lists; only lines both parsers read alike.
+    -- Values stay JSON text, typed VARCHAR so that string functions do not re-parse them.
+    SELECT position, raw, parseable, kairos_plain_line(raw) AS plain,
+        CASE WHEN parseable THEN CAST(json_extract(raw, @VALUE_PATHS@) AS VARCHAR[]) END AS v,
+        CASE WHEN parseable THEN json_keys(raw, @OBJECT_PATHS@) END AS object_keys
+    FROM (SELECT position, raw, kairos_parseable(raw) AS parseable FROM @LINES@)
+),
+fields AS (
+    SELECT position, raw, parseable, plain, object_keys,
+        @FIELDS@
+    FROM parsed
+),
+message AS (
+    SELECT *,
+        -- Only the exact lowercase names; " Track " and alias messages go to Python.
+        CASE WHEN type_json IN ('"track"', '"identify"', '"page"', '"screen"')
+             THEN kairos_unquoted(type_json) END AS kind,
+        -- identify reads its own traits, every other type context.traits.
+        CASE WHEN type_json = '"identify"' THEN traits_json ELSE context_traits_json END
+            AS person_traits_json,
+        CASE WHEN type_json = '"identify"' THEN json_extract(traits_json, '$.email')::VARCHAR
+             ELSE context_email_json END AS person_email_json,
+        CASE WHEN type_json = '"identify"' THEN json_extract(traits_json, '$.phone')::VARCHAR
+             ELSE context_phone_json END AS person_phone_json,
+        -- yyjson writes every key as '"key":', so this test cannot miss a rare key.
+        @RARE_TEST@ AS has_rare_properties
+    FROM fields
+),
+rare AS (
+    SELECT *,
+        CASE WHEN has_rare_properties THEN
+            json_extract(properties_json, ['$.email', '$.phone', '$.sku', '$.email_id',
+                                           '$.products', '$.total', '$.value'])::VARCHAR[]
+        END AS rare_properties
+    FROM message
+),
+sources AS (
+    SELECT *,
+        kairos_event_name(kind, event_json) AS event_name,
+        -- traits.get("email", properties.get("email")): a present key wins, even with null.
+        coalesce(person_email_json, rare_properties[1]) AS email_json,
+        coalesce(person_phone_json, rare_properties[2]) AS phone_json,
+        coalesce(product_id_json, rare_properties[3]) AS product_json,
+        coalesce(send_id_json, rare_properties[4]) AS send_json,
+        rare_properties[5] AS products_json,
+        -- properties.get("category", first_product.get("category")): the first product counts
+        -- only when it is a dict; '$[0].category' is NULL for anything else.
+        coalesce(category_json, CASE WHEN starts_with(rare_properties[5], '[') THEN
+            json_extract(rare_properties[5], '$[0].category')::VARCHAR END) AS category_source_json,
+        -- _revenue(): the first of revenue / total / value that is present and not null ...
+        coalesce(nullif(revenue_json, 'null'), nullif(rare_properties[6], 'null'),
+                 nullif(rare_properties[7], 'null')) AS stated_revenue_json,
+        -- ... else price x quantity, where an absent quantity is 1 (a null one is None).
+        coalesce(quantity_json, '1') AS price_quantity_json
+    FROM rare
+),
+normalised AS (
+    SELECT *,
+        CASE WHEN NOT parseable OR kind IS NULL THEN false ELSE
+            batch_json IS NULL  -- a {"batch": [...]} envelope is unpacked by ingest
+            AND kairos_object_or_nothing(properties_json)
+            AND kairos_object_or_nothing(person_traits_json)
+            -- context and context.device: a value inside proves an object, else ask json_type
+            AND CASE WHEN device_id_json IS NOT NULL OR device_type_json IS NOT NULL THEN true
+                     ELSE coalesce(json_type(raw, '$.context.device') IN ('OBJECT', 'NULL'),
+                                   true) END
+            AND CASE WHEN context_traits_json IS NOT NULL OR device_id_json IS NOT NULL
+                          OR device_type_json IS NOT NULL OR app_json IS NOT NULL THEN true
+                     ELSE coalesce(json_type(raw, '$.context') IN ('OBJECT', 'NULL'), true) END
+        END AS well_formed,
+        kairos_email(email_json) AS email_result,
+        kairos_phone(phone_json, $phone_region) AS phone_result,
+        kairos_implied_channel(event_name) AS implied_channel,
+        -- No duplicate key anywhere we read, or anywhere in the JSON we store (nested objects):
+        -- in every list of keys, each key's first position is its own.
+        list_bool_and(list_transform(
+            list_concat(
+                object_keys,
+                CASE WHEN properties_json LIKE '{%{%'
+                     THEN json_keys(properties_json, '$..*') END,
+                CASE WHEN person_traits_json LIKE '{%{%'
+                     THEN json_keys(person_traits_json, '$..*') END),
+            lambda keys: coalesce(list_bool_and(list_transform(
+                keys, lambda key, i: list_position(keys, key) = i)), true)
+        )) AS keys_unique,
+        kairos_utc_timestamp(timestamp_json) AS utc_timestamp,
+        -- The text fields, in TEXT_FIELDS order, read by one lambda (bound and run once).
+        list_transform(
+            [message_id_json, user_id_json, anonymous_id_json, device_id_json, order_id_json,
+             product_json, category_source_json, currency_json, send_json, campaign_id_json],
+            lambda j: kairos_json_text(j, plain)) AS texts,
+        -- _revenue()'s numbers: the stated revenue, and price x quantity.
+        list_transform([stated_revenue_json, price_json, price_quantity_json],
+                       lambda j: kairos_json_number(j)) AS numbers
+    FROM sources
+),
+decided AS (
+    SELECT *,
+        kairos_channel(kind, event_name, implied_channel, channel_json, app_json,
+                       device_type_json) AS channel_name,
+        CASE WHEN utc_timestamp >= TIMESTAMP '1970-01-01'
+                  AND utc_timestamp < TIMESTAMP '2100-01-01' THEN utc_timestamp END
+            AS event_timestamp,
+        @TEXT_COLUMNS@,
+        -- The products fallback: only without a stated revenue and a usable price x quantity.
+        CASE WHEN stated_revenue_json IS NULL
+                  AND (price_json IS NULL OR numbers[2].value IS NULL
+                       OR numbers[3].value IS NULL)
+                  AND starts_with(products_json, '[') AND products_json <> '[]'
+             THEN list_transform(
+                 from_json(products_json, '["JSON"]'),
+                 lambda element: {
+                     'is_dict': coalesce(starts_with(element, '{'), false),
+                     'price': kairos_json_number(json_extract(element, '$.price')::VARCHAR),
+                     'quantity': kairos_json_number(
+                         coalesce(json_extract(element, '$.quantity')::VARCHAR, '1'))
+                 }) END AS line_items
+    FROM normalised
+),
+revenue AS (
+    SELECT *,
+        -- Names and channels the SQL above does not settle come from the reference functions,
+        -- keyed by the JSON texts joined with U+001F (which JSON text never contains raw).
+        CASE WHEN event_name IS NOT NULL AND channel_name IS NOT NULL
+             THEN {'certain': true, 'event': event_name, 'channel': channel_name,
+                   'warning': NULL::VARCHAR}
+             WHEN well_formed THEN kairos_event_channel_reference(
+                 kind || chr(31) || coalesce(event_json, '') || chr(31)
+                 || coalesce(channel_json, '') || chr(31)
+                 || CAST(kairos_truthy(app_json) AS VARCHAR) || chr(31)
+                 || coalesce(device_type_json, ''))
+        END AS event_result,
+        -- price x quantity of the dicts whose price and quantity are both numbers
+        list_filter(
+            list_transform(line_items, lambda item:
+                CASE WHEN item.is_dict THEN item.price.value * item.quantity.value END),
+            lambda total: total IS NOT NULL) AS line_totals,
+        CASE WHEN stated_revenue_json IS NOT NULL  -- anything but a number warns: left to Python
+                 THEN numbers[1].known AND numbers[1].value IS NOT NULL
+             ELSE (price_json IS NULL OR (numbers[2].known AND numbers[3].known))
+                  AND coalesce(list_bool_and(list_transform(line_items, lambda item:
+                      NOT item.is_dict OR (item.price.known AND item.quantity.known))), true)
+        END AS revenue_known
+    FROM decided
+),
+claimed AS (
+    SELECT *,
+        CASE WHEN stated_revenue_json IS NOT NULL THEN numbers[1].value
+             WHEN price_json IS NOT NULL AND numbers[2].value IS NOT NULL
+                  AND numbers[3].value IS NOT NULL THEN numbers[2].value * numbers[3].value
+             WHEN len(line_totals) > 0  -- float(sum(totals)): a left fold from the integer 0
+                 THEN list_reduce(list_prepend(CAST(0 AS DOUBLE), line_totals),
+                                  lambda a, b: a + b)
+        END AS revenue_amount,
+        coalesce(
+            well_formed AND keys_unique AND event_result.certain AND revenue_known
+            AND event_timestamp IS NOT NULL
+            -- _message_id(): a usable messageId (else the id is a content hash)
+            AND message_id_text.kind IN ('string', 'integer') AND message_id_text.value IS NOT NULL
+            -- identifier_text() rejects booleans and containers and repr()s floats
+            AND user_id_text.kind IN ('null', 'string', 'integer')
+            AND anonymous_id_text.kind IN ('null', 'string', 'integer')
+            AND device_id_text.kind IN ('null', 'string', 'integer')
+            -- _text() repr()s floats
+            AND order_id_text.kind <> 'float' AND product_id_text.kind <> 'float'
+            AND category_text.kind <> 'float' AND currency_text.kind <> 'float'
+            AND send_id_text.kind <> 'float' AND campaign_id_text.kind <> 'float'
+            -- no identifier at all rejects the record
+            AND (user_id_text.value IS NOT NULL OR anonymous_id_text.value IS NOT NULL
+                 OR device_id_text.value IS NOT NULL OR email_result.value IS NOT NULL
+                 OR phone_result.value IS NOT NULL),
+            false
+        ) AS is_claimed
+    FROM revenue
+)
+SELECT
+    position,
+    is_claimed,
+    CASE WHEN NOT is_claimed THEN raw END AS raw,
+    message_id_text.value AS message_id,
+    kind AS type,
+    event_result.event AS event,
+    event_result.channel AS channel,
+    event_timestamp AS timestamp,
+    user_id_text.value AS user_id,
+    anonymous_id_text.value AS anonymous_id,
+    NULL::VARCHAR AS previous_id,
+    email_result.value AS email,
+    phone_result.value AS phone,
+    device_id_text.value AS device_id,
+    order_id_text.value AS order_id,
+    product_id_text.value AS product_id,
+    category_text.value AS category,
+    revenue_amount AS revenue,
+    currency_text.value AS currency,
+    send_id_text.value AS send_id,
+    campaign_id_text.value AS campaign_id,
+    kairos_nonempty_object(properties_json) AS properties,
+    kairos_nonempty_object(person_traits_json) AS traits,
+    nullif(concat_ws('; ', email_result.warning, phone_result.warning, event_result.warning), '')
+        AS warnings
+FROM claimed
+"""
+
+
+def _query_sql() -> str:
+    values = {
+        "@LINES@": _LINES_VIEW,
+        "@VALUE_PATHS@": "[" + _sql_list(VALUE_PATHS.values()) + "]",
+        "@OBJECT_PATHS@": "[" + _sql_list(OBJECT_PATHS) + "]",
+        "@FIELDS@": ",\n        ".join(
+            f"v[{i}] AS {name}_json" for i, name in enumerate(VALUE_PATHS, start=1)
+        ),
+        "@RARE_TEST@": " OR ".join(
+            f"""contains(properties_json, '"{key}":')""" for key in RARE_PROPERTIES
+        ),
+        "@TEXT_COLUMNS@": ",\n        ".join(
+            f"texts[{i}] AS {name}_text" for i, name in enumerate(TEXT_FIELDS, start=1)
+        ),
+    }
+    sql = _QUERY_TEMPLATE
+    for placeholder, value in values.items():
+        sql = sql.replace(placeholder, value)
+    return sql
+
+
+# --- Reference functions over distinct values (vectorised UDFs) --------------------------------
+# Every value reaches Python as the JSON text yyjson wrote for it; orjson reads that text back to
+# exactly the value orjson reads from the raw line (strings, integers, and doubles, which yyjson
+# writes as their shortest round trip), so calling the reference function on it is exact.
+
+_TEXT_RESULT = pa.struct([("value", pa.string()), ("warning", pa.string())])
+_EVENT_RESULT = pa.struct(
+    [
+        ("certain", pa.bool_()),
+        ("event", pa.string()),
+        ("channel", pa.string()),
+        ("warning", pa.string()),
+    ]
+)
+_CACHE_LIMIT = 1 << 17
+
+
+def _decode(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def _email_result(text: str | None) -> tuple[str | None, str | None]:
+    warnings: list[str] = []
+    return _email(_decode(text), warnings), (warnings[0] if warnings else None)
+
+
+def _phone_result(key: tuple[str | None, str | None]) -> tuple[str | None, str | None]:
+    text, region = key
+    warnings: list[str] = []
+    return _phone(_decode(text), region, warnings), (warnings[0] if warnings else None)
+
+
+def _event_channel_result(key: str | None) -> tuple[bool, str | None, str | None, str | None]:
+    """(certain, event, channel, warning) from "kind␟event␟properties.channel␟app␟device.type"."""
+    if key is None:
+        return False, None, None, None
+    kind, event, stated, app, device_type = key.split("\x1f")
+    message = {"event": orjson.loads(event)} if event else {}
+    try:
+        event_name = _event_name(kind, message)
+    except RejectedRecord:
+        return False, None, None, None
+    warnings: list[str] = []
+    properties = {"channel": orjson.loads(stated)} if stated else {}
+    context = {"app": True} if app == "true" else {}
+    device = {"type": orjson.loads(device_type)} if device_type else {}
+    channel = _channel(kind, event_name, properties, context, device, warnings)
+    return True, event_name, channel, (warnings[0] if warnings else None)
+
+
+def _distinct_udf(
+    compute: Callable[[Any], Any], result_type: pa.DataType, with_region: bool = False
+) -> Callable[..., pa.Array]:
+    """An Arrow UDF that calls ``compute`` once per distinct input value of a batch (cached)."""
+    cache: dict[Any, Any] = {}
+
+    def mapped(values: pa.ChunkedArray, region: str | None) -> pa.Array:
+        encoded = values.combine_chunks().dictionary_encode(null_encoding="encode")
+        if len(cache) > _CACHE_LIMIT:
+            cache.clear()
+        results = []
+        for value in encoded.dictionary.to_pylist():
+            key = (value, region) if with_region else value
+            result = cache.get(key)
+            if result is None:
+                result = cache[key] = compute(key)
+            results.append(result)
+        if pa.types.is_struct(result_type):
+            columns = list(zip(*results, strict=True)) if results else [[]] * result_type.num_fields
+            distinct = pa.StructArray.from_arrays(
+                [pa.array(c, type=f.type) for c, f in zip(columns, result_type, strict=True)],
+                fields=list(result_type),
+            )
+        else:
+            distinct = pa.array(results, type=result_type)
+        return distinct.take(encoded.indices)
+
+    # DuckDB reads the number of SQL arguments from the Python signature.
+    if with_region:
+
+        def udf_with_region(values: pa.ChunkedArray, regions: pa.ChunkedArray) -> pa.Array:
+            return mapped(values, regions[0].as_py() if len(regions) else None)
+
+        return udf_with_region
+
+    def udf(values: pa.ChunkedArray) -> pa.Array:
+        return mapped(values, None)
+
+    return udf
+
+
+def _duckdb_type(arrow: pa.DataType) -> DuckDBPyType:
+    if pa.types.is_struct(arrow):
+        return duckdb.struct_type({field.name: _duckdb_type(field.type) for field in arrow})
+    return {pa.string(): VARCHAR, pa.bool_(): BOOLEAN}[arrow]
+
+
+def _register(connection: duckdb.DuckDBPyConnection) -> None:
+    """Add the reference UDFs and the macros to ``connection`` (temporary: nothing is stored)."""
+    functions = {
+        "kairos_email_reference": (_distinct_udf(_email_result, _TEXT_RESULT), 1, _TEXT_RESULT),
+        "kairos_phone_reference": (
+            _distinct_udf(_phone_result, _TEXT_RESULT, with_region=True),
+            2,
+            _TEXT_RESULT,
+        ),
+        "kairos_event_channel_reference": (
+            _distinct_udf(_event_channel_result, _EVENT_RESULT),
+            1,
+            _EVENT_RESULT,
+        ),
+    }
+    for name, (function, arguments, result) in functions.items():
+        connection.create_function(
+            name,
+            function,
+            [VARCHAR] * arguments,
+            _duckdb_type(result),
+            type="arrow",
+            null_handling="special",
+            side_effects=False,
+        )
+    connection.execute(MACROS_SQL)
+
+
+MACROS_SQL = _macros_sql()
+NORMALISE_SQL = _query_sql()
+
+
+# --- Public entry ------------------------------------------------------------------------------
+
+_prepared: weakref.WeakSet = weakref.WeakSet()
+_default_connection: duckdb.DuckDBPyConnection | None = None
+_lock = threading.Lock()
+
+
+def normalise_lines(
+    lines: pa.Table,
+    options: NormaliseOptions | None = None,
+    connection: duckdb.DuckDBPyConnection | None = None,
+) -> tuple[pa.Table, pa.Table]:
+    """Normalise JSON lines in one DuckDB query; return (claimed events, unclaimed lines).
+
+    ``lines``: columns ``position`` (int64) and ``raw`` (string: one JSON line, non-blank and
+    under ``MAX_RECORD_BYTES``). ``events`` has ``CLAIMED_SCHEMA`` (``position`` then the
+    ``features.store.EVENT_SCHEMA`` columns), one row per claimed line, equal to
+    ``normalise_message(orjson.loads(raw), options)`` (``properties``/``traits`` equal as parsed
+    JSON), in input order. ``unclaimed`` has ``position, raw`` for every other line, in input
+    order, for the reference path (which also produces rejections and dead-letter reasons).
+    ``connection``: any DuckDB connection (only temporary functions are added to it); by default
+    a private in-memory one.
+    """
+    _check_lines(lines)
+    options = options or NormaliseOptions()
+    with _lock:
+        global _default_connection
+        if connection is None:
+            if _default_connection is None:
+                _default_connection = duckdb.connect()
+            connection = _default_connection
+        if connection not in _prepared:
+            _register(connection)
+            _prepared.add(connection)
+        connection.register(_LINES_VIEW, lines.select(["position", "raw"]))
+        try:
+            result = connection.sql(
+                NORMALISE_SQL, params={"phone_region": options.phone_region}
+            ).to_arrow_table()
+        finally:
+            connection.unregister(_LINES_VIEW)
+    is_claimed = result.column("is_claimed")
+    events = result.filter(is_claimed).select(CLAIMED_SCHEMA.names).cast(CLAIMED_SCHEMA)
+    unclaimed = (
+        result.filter(pc.invert(is_claimed)).select(_UNCLAIMED_SCHEMA.names).cast(_UNCLAIMED_SCHEMA)
+    )
+    return events, unclaimed
+
+
+def _check_lines(lines: Any) -> None:
+    if not isinstance(lines, pa.Table):
+        raise TypeError(f"lines must be a pyarrow.Table, got {type(lines).__name__}")
+    expected = {"position": pa.int64(), "raw": pa.string()}
+    for name, kind in expected.items():
+        if name not in lines.column_names:
+            raise ValueError(f"column `{name}` missing; have: {', '.join(lines.column_names)}")
+        if lines.schema.field(name).type != kind:
+            raise ValueError(f"column `{name}` must be {kind}, got {lines.schema.field(name).type}")

@@ -1,0 +1,103 @@
+"""The simulator's ground truth as an oracle for the evaluation (simulated data only).
+
+A profile is mapped to the true person its identifier belongs to (an identifier shared by
+several people maps to none). The oracle then gives the exact probabilities the simulator drew
+against: P(order within the horizon) and P(engage | send on channel c at hour h).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from training.model import CHANNELS, HOURS_PER_WEEK
+
+_IDENTIFIER_COLUMNS = ("user_id", "emails", "phones", "anonymous_ids", "device_ids")
+_TRUTH_COLUMNS = (
+    "person_id", *_IDENTIFIER_COLUMNS, "hour_of_week_preference", "hour_preference_effect",
+    "engagement_effect", "daily_engagement", "engagement_final", "email_valid",
+    "push_receive_probability", "push_device_id", "affinity_email", "affinity_sms",
+    "affinity_push", "daily_purchase_hazard",
+)  # fmt: skip
+
+
+@dataclass
+class SimulatorTruth:
+    truth: pd.DataFrame  # one row per true person
+    start: datetime  # naive UTC midnight of simulated day 0
+    days: int
+    identifier_person: dict[str, int]  # identifier value -> row of ``truth`` (unique only)
+    identifier_type: dict[str, str]  # identifier value -> its truth column
+
+    @classmethod
+    def load(cls, path: Path) -> SimulatorTruth:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"truth file {path} not found (kairos simulate writes it)")
+        table = pq.read_table(path, columns=list(_TRUTH_COLUMNS))
+        metadata = json.loads((table.schema.metadata or {}).get(b"kairos.simulation", b"{}"))
+        if "start" not in metadata:
+            raise ValueError(f"{path} lacks the kairos.simulation metadata; is it a truth file?")
+        start = datetime.fromisoformat(metadata["start"]).astimezone(UTC).replace(tzinfo=None)
+        truth = table.to_pandas()
+        owners: dict[str, set[int]] = {}
+        kinds: dict[str, str] = {}
+        for column in _IDENTIFIER_COLUMNS:
+            values = truth[column]
+            for row, value in enumerate(values.tolist()):
+                if isinstance(value, str):
+                    items = [value]
+                elif value is None or isinstance(value, float):
+                    items = []  # a missing user id
+                else:
+                    items = list(value)
+                for item in items:
+                    if isinstance(item, str):
+                        owners.setdefault(item, set()).add(row)
+                        kinds[item] = column
+        unique = {value: next(iter(rows)) for value, rows in owners.items() if len(rows) == 1}
+        return cls(truth, start, int(metadata["days"]), unique, kinds)
+
+    def person_rows(self, profile_ids: np.ndarray) -> np.ndarray:
+        """(P,) row of the true person behind each profile id, -1 when unknown or shared."""
+        return np.array([self.identifier_person.get(p, -1) for p in profile_ids], dtype=np.int64)
+
+    def identifier_kinds(self, profile_ids: np.ndarray) -> np.ndarray:
+        return np.array([self.identifier_type.get(p, "") for p in profile_ids], dtype=object)
+
+    def day_of(self, at: datetime) -> int:
+        """Simulated day index of an instant (day 0 starts at ``start``)."""
+        return int((at - self.start) // timedelta(days=1))
+
+    def conversion_probability(
+        self, rows: np.ndarray, cutoff: datetime, horizon_days: int
+    ) -> np.ndarray:
+        """P(an order in (cutoff, cutoff + horizon]) of each person (NaN for row -1).
+
+        Exact when the cutoff is a simulated midnight: the window is days [d, d + horizon)."""
+        from features.simulate import true_conversion_probability
+
+        day = self.day_of(cutoff)
+        horizon = min(horizon_days, self.days - day)
+        p = true_conversion_probability(self.truth, day, horizon)
+        return np.where(rows >= 0, p[np.maximum(rows, 0)], np.nan)
+
+    def engagement_curves(self, rows: np.ndarray, cutoff: datetime) -> np.ndarray:
+        """(P, C, 168) true P(engage | sent on c at hour h) at the cutoff's engagement level;
+        NaN for unknown people and unreachable channels."""
+        from features.simulate import true_engagement_probability
+
+        day = min(max(self.day_of(cutoff), 0), self.days - 1)
+        known = rows >= 0
+        people = self.truth.iloc[rows[known]].reset_index(drop=True)
+        hours = np.broadcast_to(np.arange(HOURS_PER_WEEK), (len(people), HOURS_PER_WEEK))
+        out = np.full((len(rows), len(CHANNELS), HOURS_PER_WEEK), np.nan)
+        for c, channel in enumerate(CHANNELS):
+            out[known, c] = true_engagement_probability(people, channel, hours, day=day)
+        return out
