@@ -1,15 +1,76 @@
 """Which ProfileSource the pipeline uses: the one place that decides how events map to profiles.
 
-Until the identity graph exists in a workspace, profiles are keyed by each event's first
-identifier (``IdentifierProfiles``); identity resolution replaces this in one place.
+With an identity graph in the workspace, profiles come from identity resolution: inputs at a
+cutoff use profiles formed only from links made at or before it (``profiles_as_of``), labels
+use the final graph. Without one, each event's first identifier is its profile.
 """
 
 from __future__ import annotations
 
+import itertools
+from datetime import datetime
+
 import duckdb
 
+from features.aggregates import timestamp_literal
 from features.examples import IdentifierProfiles, ProfileSource
+from features.identity import event_profiles_sql, profiles_as_of
+from features.store import EventStore
+
+_names = itertools.count()
 
 
-def default_profile_source(connection: duckdb.DuckDBPyConnection) -> ProfileSource:
-    return IdentifierProfiles("events")
+class IdentityProfiles:
+    """Profiles of the identity graph, as of each cutoff for inputs, final for labels."""
+
+    def __init__(self, store: EventStore, until: datetime | None = None):
+        self.store = store
+        self.until = until
+        self._as_of: dict[datetime, str] = {}
+
+    def _as_of_identifiers(self, at: datetime) -> str:
+        """Register the identifier -> profile table formed by links at or before ``at``."""
+        if at not in self._as_of:
+            name = f"identity_as_of_{next(_names)}"
+            self.store.connection.register(name, profiles_as_of(self.store, at))
+            self._as_of[at] = name
+        return self._as_of[at]
+
+    def _limit(self) -> str:
+        return f"e.timestamp <= {timestamp_literal(self.until)}" if self.until else ""
+
+    def events_as_of(self, connection: duckdb.DuckDBPyConnection, at: datetime) -> str:
+        where = f"e.timestamp <= {timestamp_literal(at)}"
+        mapping = event_profiles_sql(where=where, identifiers=self._as_of_identifiers(at))
+        return (
+            f"(SELECT p.profile_id, e.* FROM events AS e JOIN ({mapping}) AS p USING (message_id)"
+            " WHERE p.profile_id IS NOT NULL)"
+        )
+
+    def label_profiles(self, connection: duckdb.DuckDBPyConnection, at: datetime) -> str:
+        # The final profile holding most of an as-of profile's identifiers.
+        return f"""(
+            SELECT a.profile_id, mode(f.profile_id) AS label_profile_id
+            FROM {self._as_of_identifiers(at)} AS a
+            JOIN identity_identifiers AS f USING (identifier_type, identifier)
+            WHERE a.profile_id IS NOT NULL AND f.profile_id IS NOT NULL
+            GROUP BY a.profile_id
+        )"""
+
+    def label_events(self, connection: duckdb.DuckDBPyConnection) -> str:
+        mapping = event_profiles_sql(where=self._limit())
+        return (
+            f"(SELECT p.profile_id AS label_profile_id, e.* FROM events AS e"
+            f" JOIN ({mapping}) AS p USING (message_id) WHERE p.profile_id IS NOT NULL"
+            + (f" AND {self._limit()})" if self.until else ")")
+        )
+
+
+def default_profile_source(store: EventStore, until: datetime | None = None) -> ProfileSource:
+    """Identity's profiles when the workspace has an identity graph, else first identifiers."""
+    tables = {
+        row[0] for row in store.connection.sql("SELECT table_name FROM duckdb_tables()").fetchall()
+    }
+    if "identity_identifiers" in tables:
+        return IdentityProfiles(store, until)
+    return IdentifierProfiles("events", until)

@@ -1,0 +1,87 @@
+"""Identity-backed profiles at a cutoff: later links never enrich a past profile (no leakage)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import orjson
+
+from features.aggregates import aggregates_sql
+from features.examples import ExampleConfig, build_examples
+from features.ingest import ingest_file
+from features.profile_source import IdentityProfiles, default_profile_source
+from features.store import EventStore
+
+T = datetime(2026, 1, 10, 12, 0)
+
+
+def line(i: int, at: datetime, **fields) -> bytes:
+    return orjson.dumps(
+        {"type": "track", "messageId": f"m-{i}", "timestamp": at.isoformat() + "Z", **fields}
+    )
+
+
+BEFORE = [
+    # Browsing on a phone, anonymously, then an order by the account on a laptop.
+    line(
+        1,
+        T - timedelta(days=2),
+        anonymousId="phone",
+        event="Product Viewed",
+        properties={"category": "mugs"},
+    ),
+    line(
+        2,
+        T - timedelta(days=1),
+        anonymousId="laptop",
+        userId="ana",
+        event="Order Completed",
+        properties={"revenue": 30},
+    ),
+]
+AFTER = [
+    # Later the phone logs in: the same person, but only from this moment on.
+    orjson.dumps(
+        {
+            "type": "identify",
+            "messageId": "m-3",
+            "anonymousId": "phone",
+            "userId": "ana",
+            "timestamp": (T + timedelta(hours=1)).isoformat() + "Z",
+        }
+    ),
+    line(
+        4, T + timedelta(days=2), userId="ana", event="Order Completed", properties={"revenue": 10}
+    ),
+]
+
+
+def ingest_lines(store: EventStore, path: Path, lines: list[bytes]) -> None:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    ingest_file(store, path)
+
+
+def features_at(store: EventStore) -> list[dict]:
+    source = default_profile_source(store)
+    assert isinstance(source, IdentityProfiles)  # ingest built the identity graph
+    view = source.events_as_of(store.connection, T)
+    return store.connection.sql(aggregates_sql(view, T)).to_arrow_table().to_pylist()
+
+
+def test_a_later_login_does_not_enrich_the_past_profile(tmp_path: Path) -> None:
+    with EventStore(tmp_path / "store.duckdb") as store:
+        ingest_lines(store, tmp_path / "before.jsonl", BEFORE)
+        before = features_at(store)
+        ingest_lines(store, tmp_path / "after.jsonl", AFTER)
+        after = features_at(store)
+        assert after == before
+        assert sorted(row["events_total"] for row in after) == [1, 1]  # two separate profiles
+
+        examples = build_examples(
+            store.connection, default_profile_source(store), T, ExampleConfig(horizon_days=7)
+        )
+        labels = examples.profiles.set_index("profile_id")["ordered"]
+        # Labels follow the later link: both past profiles are Ana, who ordered on day 2.
+        assert labels.tolist() == [True, True]
+        assert examples.profiles["label_profile_id"].nunique() == 1
