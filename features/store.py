@@ -82,7 +82,9 @@ class EventStore:
         if read_only and not self.path.exists():
             raise FileNotFoundError(f"no event store at {self.path}; run `kairos ingest` first")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # No DuckDB progress bars: Kairos draws its own, and scripts read our stdout.
         self.connection = duckdb.connect(str(self.path), read_only=read_only)
+        self.connection.execute("SET enable_progress_bar = false")
         if not read_only:
             self.connection.execute(_SCHEMA_SQL)
 

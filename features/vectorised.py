@@ -85,19 +85,19 @@ VALUE_PATHS: dict[str, str] = {
     "quantity": "$.properties.quantity",
 }
 RARE_PROPERTIES = ("email", "phone", "sku", "email_id", "products", "total", "value")
-# Fields read as text (identifier_text() or _text()), in the order of ``texts`` in the query.
-TEXT_FIELDS = (
-    "message_id",
-    "user_id",
-    "anonymous_id",
-    "device_id",
-    "order_id",
-    "product_id",
-    "category",
-    "currency",
-    "send_id",
-    "campaign_id",
-)
+# Fields read as text (identifier_text() or _text()): output column -> its JSON source in the query.
+TEXT_FIELDS = {
+    "message_id": "message_id_json",
+    "user_id": "user_id_json",
+    "anonymous_id": "anonymous_id_json",
+    "device_id": "device_id_json",
+    "order_id": "order_id_json",
+    "product_id": "product_json",
+    "category": "category_source_json",
+    "currency": "currency_json",
+    "send_id": "send_json",
+    "campaign_id": "campaign_id_json",
+}
 # Objects whose keys we look up; each must be free of duplicate keys (see the module docstring).
 OBJECT_PATHS = (
     "$",
@@ -369,11 +369,11 @@ normalised AS (
                 keys, lambda key, i: list_position(keys, key) = i)), true)
         )) AS keys_unique,
         kairos_utc_timestamp(timestamp_json) AS utc_timestamp,
-        -- The text fields, in TEXT_FIELDS order, read by one lambda (bound and run once).
-        list_transform(
-            [message_id_json, user_id_json, anonymous_id_json, device_id_json, order_id_json,
-             product_json, category_source_json, currency_json, send_json, campaign_id_json],
-            lambda j: kairos_json_text(j, plain)) AS texts,
+        -- The text fields (TEXT_FIELDS). Usually each is a plain string or absent, and its value
+        -- is the JSON text without quotes; any other line reads them with one lambda.
+        plain AND @ALL_TEXTS_PLAIN@ AS plain_texts,
+        CASE WHEN NOT plain_texts THEN list_transform(
+            [@TEXT_SOURCES@], lambda j: kairos_json_text(j, plain)) END AS texts,
         -- _revenue()'s numbers: the stated revenue, and price x quantity.
         list_transform([stated_revenue_json, price_json, price_quantity_json],
                        lambda j: kairos_json_number(j)) AS numbers
@@ -499,8 +499,17 @@ def _query_sql() -> str:
         "@RARE_TEST@": " OR ".join(
             f"""contains(properties_json, '"{key}":')""" for key in RARE_PROPERTIES
         ),
+        "@TEXT_SOURCES@": ", ".join(TEXT_FIELDS.values()),
+        "@ALL_TEXTS_PLAIN@": " AND ".join(
+            f"""({source} IS NULL OR starts_with({source}, '"'))"""
+            for source in TEXT_FIELDS.values()
+        ),
         "@TEXT_COLUMNS@": ",\n        ".join(
-            f"texts[{i}] AS {name}_text" for i, name in enumerate(TEXT_FIELDS, start=1)
+            f"""CASE WHEN plain_texts THEN {{
+                'kind': CASE WHEN {source} IS NULL THEN 'null' ELSE 'string' END,
+                'value': CASE WHEN {source} <> '""' THEN kairos_unquoted({source}) END}}
+            ELSE texts[{i}] END AS {name}_text"""
+            for i, (name, source) in enumerate(TEXT_FIELDS.items(), start=1)
         ),
     }
     sql = _QUERY_TEMPLATE
@@ -668,6 +677,7 @@ def normalise_lines(
         if connection is None:
             if _default_connection is None:
                 _default_connection = duckdb.connect()
+                _default_connection.execute("SET enable_progress_bar = false")
             connection = _default_connection
         if connection not in _prepared:
             _register(connection)

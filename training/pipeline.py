@@ -91,8 +91,9 @@ class TrainingResult:
             "validation": self.validation_metrics,
             "best_epoch": self.trained.best_epoch,
             "epochs_run": len(self.trained.history),
-            "engagement_head": "trained" if self.trained.engagement_trained else
-            "untrained (no logged sends)",
+            "engagement_head": "trained"
+            if self.trained.engagement_trained
+            else "untrained (no logged sends)",
             "examples_per_second": round(self.trained.examples_per_second, 1),
             "split": describe_split(self.splits.split),
             "metrics": self.evaluation.rows,
@@ -106,6 +107,7 @@ def open_events(ws: Workspace) -> duckdb.DuckDBPyConnection:
             f"no event store at {ws.event_store}; run `kairos ingest` (or `kairos demo`) first"
         )
     connection = duckdb.connect(str(ws.event_store), read_only=True)
+    connection.execute("SET enable_progress_bar = false")
     connection.execute("SET enable_progress_bar = false")
     return connection
 
@@ -323,7 +325,9 @@ def _cutoff_logger(progress: bool) -> Callable[[datetime], None]:
     started = time.perf_counter()
 
     def on_cutoff(cutoff: datetime) -> None:
-        message = f"examples at {cutoff:%Y-%m-%d %H:%M} ready ({time.perf_counter() - started:.0f} s)"
+        message = (
+            f"examples at {cutoff:%Y-%m-%d %H:%M} ready ({time.perf_counter() - started:.0f} s)"
+        )
         logger.info(message)
         if progress:
             from rich.console import Console
