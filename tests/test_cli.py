@@ -95,7 +95,7 @@ def test_features_build_writes_one_row_per_profile_seen_by_then(
     import pandas as pd
 
     frame = pd.read_parquet(out)
-    assert sorted(frame["profile_id"]) == ["a-0", "a-1", "a-2"]
+    assert frame["profile_id"].nunique() == 3  # one per anonymous id, named by identity
     assert frame["events_total"].tolist() == [2, 2, 2]
     early = runner.invoke(
         app, ["features", "build", "--at", "2026-01-05T09:59:59", "--out", str(out), "--json"]
