@@ -84,7 +84,7 @@ VALUE_PATHS: dict[str, str] = {
     "price": "$.properties.price",
     "quantity": "$.properties.quantity",
 }
-RARE_PROPERTIES = ("email", "phone", "sku", "email_id", "products", "total", "value")
+RARE_PROPERTIES = ("email", "phone", "sku", "email_id", "products", "total", "value")  # -> *_json
 # Fields read as text (identifier_text() or _text()): output column -> its JSON source in the query.
 TEXT_FIELDS = {
     "message_id": "message_id_json",
@@ -313,31 +313,33 @@ message AS (
 ),
 rare AS (
     SELECT *,
-        CASE WHEN has_rare_properties THEN
-            json_extract(properties_json, ['$.email', '$.phone', '$.sku', '$.email_id',
-                                           '$.products', '$.total', '$.value'])::VARCHAR[]
-        END AS rare_properties
+        CASE WHEN has_rare_properties
+             THEN json_extract(properties_json, @RARE_PATHS@)::VARCHAR[] END AS rare
     FROM message
+),
+rare_fields AS (
+    SELECT *,
+        @RARE_FIELDS@
+    FROM rare
 ),
 sources AS (
     SELECT *,
         kairos_event_name(kind, event_json) AS event_name,
         -- traits.get("email", properties.get("email")): a present key wins, even with null.
-        coalesce(person_email_json, rare_properties[1]) AS email_json,
-        coalesce(person_phone_json, rare_properties[2]) AS phone_json,
-        coalesce(product_id_json, rare_properties[3]) AS product_json,
-        coalesce(send_id_json, rare_properties[4]) AS send_json,
-        rare_properties[5] AS products_json,
+        coalesce(person_email_json, properties_email_json) AS email_json,
+        coalesce(person_phone_json, properties_phone_json) AS phone_json,
+        coalesce(product_id_json, sku_json) AS product_json,
+        coalesce(send_id_json, email_id_json) AS send_json,
         -- properties.get("category", first_product.get("category")): the first product counts
         -- only when it is a dict; '$[0].category' is NULL for anything else.
-        coalesce(category_json, CASE WHEN starts_with(rare_properties[5], '[') THEN
-            json_extract(rare_properties[5], '$[0].category')::VARCHAR END) AS category_source_json,
+        coalesce(category_json, CASE WHEN starts_with(products_json, '[') THEN
+            json_extract(products_json, '$[0].category')::VARCHAR END) AS category_source_json,
         -- _revenue(): the first of revenue / total / value that is present and not null ...
-        coalesce(nullif(revenue_json, 'null'), nullif(rare_properties[6], 'null'),
-                 nullif(rare_properties[7], 'null')) AS stated_revenue_json,
+        coalesce(nullif(revenue_json, 'null'), nullif(total_json, 'null'),
+                 nullif(value_json, 'null')) AS stated_revenue_json,
         -- ... else price x quantity, where an absent quantity is 1 (a null one is None).
         coalesce(quantity_json, '1') AS price_quantity_json
-    FROM rare
+    FROM rare_fields
 ),
 normalised AS (
     SELECT *,
@@ -488,6 +490,9 @@ FROM claimed
 """
 
 
+_RARE_NAMES = {"email": "properties_email", "phone": "properties_phone"}
+
+
 def _query_sql() -> str:
     values = {
         "@LINES@": _LINES_VIEW,
@@ -495,6 +500,11 @@ def _query_sql() -> str:
         "@OBJECT_PATHS@": "[" + _sql_list(OBJECT_PATHS) + "]",
         "@FIELDS@": ",\n        ".join(
             f"v[{i}] AS {name}_json" for i, name in enumerate(VALUE_PATHS, start=1)
+        ),
+        "@RARE_PATHS@": "[" + _sql_list(f"$.{key}" for key in RARE_PROPERTIES) + "]",
+        "@RARE_FIELDS@": ",\n        ".join(
+            f"rare[{i}] AS {_RARE_NAMES.get(key, key)}_json"
+            for i, key in enumerate(RARE_PROPERTIES, start=1)
         ),
         "@RARE_TEST@": " OR ".join(
             f"""contains(properties_json, '"{key}":')""" for key in RARE_PROPERTIES
@@ -668,7 +678,8 @@ def normalise_lines(
     JSON), in input order. ``unclaimed`` has ``position, raw`` for every other line, in input
     order, for the reference path (which also produces rejections and dead-letter reasons).
     ``connection``: any DuckDB connection (only temporary functions are added to it); by default
-    a private in-memory one.
+    a private in-memory one. Each call plans the query afresh (~0.1 s), so pass large batches
+    (100,000 lines or so) rather than small ones.
     """
     _check_lines(lines)
     options = options or NormaliseOptions()
@@ -676,7 +687,13 @@ def normalise_lines(
         global _default_connection
         if connection is None:
             if _default_connection is None:
-                _default_connection = duckdb.connect()
+                # Everything used is built in; never reach for an extension download.
+                _default_connection = duckdb.connect(
+                    config={
+                        "autoinstall_known_extensions": False,
+                        "autoload_known_extensions": False,
+                    }
+                )
                 _default_connection.execute("SET enable_progress_bar = false")
             connection = _default_connection
         if connection not in _prepared:

@@ -32,7 +32,7 @@ WorkspaceOption = Annotated[
     typer.Option(
         "--workspace",
         "-w",
-        help="Workspace folder [default: $KAIROS_HOME, else ./.kairos].",
+        help="Workspace folder (default: $KAIROS_HOME, else ./.kairos).",
         show_default=False,
     ),
 ]
@@ -43,7 +43,7 @@ RulesOption = Annotated[
     Path | None,
     typer.Option(
         "--rules",
-        help="Segments YAML file [default: the shipped default library].",
+        help="Segments YAML file (default: the shipped default library).",
         show_default=False,
     ),
 ]
@@ -83,7 +83,7 @@ def segments(
         list[str] | None,
         typer.Option(
             "--segment",
-            help="Only this segment (and those it refers to); repeatable [default: all].",
+            help="Only this segment (and those it refers to); repeatable (default: all).",
             show_default=False,
         ),
     ] = None,
@@ -235,7 +235,7 @@ def explain(
     segment: Annotated[str, typer.Argument(help="Segment name, e.g. high_intent.")],
     at: Annotated[
         str | None,
-        typer.Option(help="Instant to explain, ISO 8601 [default: now, UTC].", show_default=False),
+        typer.Option(help="Instant to explain, ISO 8601 (default: now, UTC).", show_default=False),
     ] = None,
     rules: RulesOption = None,
     scores: ScoresOption = None,

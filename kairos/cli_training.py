@@ -25,41 +25,61 @@ console = Console(stderr=True)
 WorkspaceOption = Annotated[
     Path | None,
     typer.Option(
-        "--workspace", "-w",
+        "--workspace",
+        "-w",
         help="Workspace folder for the event store, MLflow runs and exports "
         "[default: $KAIROS_HOME, else ./.kairos].",
         show_default=False,
     ),
-]  # fmt: skip
+]
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")
 ]
 ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", help="YAML or JSON config file (sections data, model, optim, "
-                 "evaluation); unknown keys fail.", show_default=False),
-]  # fmt: skip
+    str | None,
+    typer.Option(
+        "--config",
+        help="YAML or JSON config file (sections data, model, optim, "
+        "evaluation); unknown keys fail.",
+        show_default=False,
+    ),
+]
 SetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override one config key, repeatable: --set model.d_model=32. "
-                 "Unknown keys and wrong types fail.", show_default=False),
-]  # fmt: skip
+    typer.Option(
+        "--set",
+        help="Override one config key, repeatable: --set model.d_model=32. "
+        "Unknown keys and wrong types fail.",
+        show_default=False,
+    ),
+]
 UntilOption = Annotated[
     str | None,
-    typer.Option("--until", help="Read no event after this instant, labels included (ISO, UTC "
-                 "unless an offset is given) [default: midnight before the last event].",
-                 show_default=False),
-]  # fmt: skip
+    typer.Option(
+        "--until",
+        help="Read no event after this instant, labels included (ISO, UTC "
+        "unless an offset is given) [default: midnight before the last event].",
+        show_default=False,
+    ),
+]
 HorizonOption = Annotated[
     int | None,
-    typer.Option("--horizon-days", min=1, help="Intent horizon H: P(order within H days) "
-                 "[default: data.horizon_days, 14].", show_default=False),
-]  # fmt: skip
+    typer.Option(
+        "--horizon-days",
+        min=1,
+        help="Intent horizon H: P(order within H days) [default: data.horizon_days, 7].",
+        show_default=False,
+    ),
+]
 TruthOption = Annotated[
-    Path | None,
-    typer.Option("--truth", help="Simulated data only: truth.parquet from `kairos simulate`, for "
-                 "the oracle rows of the evaluation.", show_default=False),
-]  # fmt: skip
+    str | None,
+    typer.Option(
+        "--truth",
+        help="Simulated data only: truth.parquet from `kairos simulate`, for "
+        "the oracle rows of the evaluation.",
+        show_default=False,
+    ),
+]
 ExperimentOption = Annotated[
     str, typer.Option("--experiment", help="MLflow experiment name in the workspace store.")
 ]
@@ -90,10 +110,16 @@ def train(
     _setup(as_json)
     train_config = _config(config, set_, horizon_days)
     ws = open_workspace(workspace)
-    result = _guard(lambda: run_training(
-        ws, train_config, until=_instant(until), truth_path=truth, experiment=experiment,
-        progress=not as_json,
-    ))  # fmt: skip
+    result = _guard(
+        lambda: run_training(
+            ws,
+            train_config,
+            until=_instant(until),
+            truth_path=_path(truth),
+            experiment=experiment,
+            progress=not as_json,
+        )
+    )
     summary = result.summary()
     if as_json:
         print(json.dumps(summary, default=_json_default))
@@ -117,7 +143,9 @@ def tune(
     until: UntilOption = None,
     horizon_days: HorizonOption = None,
     truth: TruthOption = None,
-    study: Annotated[str, typer.Option(help="Optuna study name (resumed if it exists).")] = "kairos",
+    study: Annotated[
+        str, typer.Option(help="Optuna study name (resumed if it exists).")
+    ] = "kairos",
     timeout: Annotated[
         float | None, typer.Option(help="Stop starting trials after this many seconds.")
     ] = None,
@@ -132,16 +160,29 @@ def tune(
     _setup(as_json)
     base = _config(config, set_, horizon_days)
     ws = open_workspace(workspace)
-    result = _guard(lambda: run_tuning(
-        ws, base, trials, until=_instant(until), truth_path=truth, experiment=experiment,
-        study_name=study, timeout_seconds=timeout, progress=not as_json,
-    ))  # fmt: skip
+    result = _guard(
+        lambda: run_tuning(
+            ws,
+            base,
+            trials,
+            until=_instant(until),
+            truth_path=_path(truth),
+            experiment=experiment,
+            study_name=study,
+            timeout_seconds=timeout,
+            progress=not as_json,
+        )
+    )
     out: dict[str, Any] = {
-        "study": result.study_name, "trials": result.trials, "completed": result.completed,
-        "pruned": result.pruned, "best_validation_loss": result.best_value,
-        "best_params": result.best_params, "config": str(result.config_path),
+        "study": result.study_name,
+        "trials": result.trials,
+        "completed": result.completed,
+        "pruned": result.pruned,
+        "best_validation_loss": result.best_value,
+        "best_params": result.best_params,
+        "config": str(result.config_path),
         "tune_run_id": result.parent_run_id,
-    }  # fmt: skip
+    }
     if result.final is not None:
         out["final"] = result.final.summary()
     if as_json:
@@ -155,8 +196,9 @@ def tune(
     if result.final is not None:
         _print_metrics(result.final.evaluation.table(), "Tuned model, test evaluation")
         verdict = "new champion" if result.final.promoted else "registered, not champion"
-        console.print(f"tuned run {result.final.run_id}: version "
-                      f"{result.final.model_version} {verdict}")  # fmt: skip
+        console.print(
+            f"tuned run {result.final.run_id}: version {result.final.model_version} {verdict}"
+        )
 
 
 def evaluate(
@@ -176,9 +218,11 @@ def evaluate(
 
     _setup(as_json)
     ws = open_workspace(workspace)
-    run_id, evaluation = _guard(lambda: run_evaluation(
-        ws, run, truth_path=truth, experiment=experiment, progress=not as_json
-    ))  # fmt: skip
+    run_id, evaluation = _guard(
+        lambda: run_evaluation(
+            ws, run or None, truth_path=_path(truth), experiment=experiment, progress=not as_json
+        )
+    )
     if as_json:
         print(json.dumps({"run_id": run_id, **evaluation.as_json()}, default=_json_default))
         return
@@ -188,8 +232,12 @@ def evaluate(
 
 
 def score(
-    at: Annotated[str, typer.Option("--at", help="Score every profile as of this instant (ISO; "
-                                    "nothing later is read).")],  # fmt: skip
+    at: Annotated[
+        str,
+        typer.Option(
+            "--at", help="Score every profile as of this instant (ISO; nothing later is read)."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Output file, .parquet or .csv.")],
     model: Annotated[
         str | None,
@@ -235,9 +283,11 @@ def score(
     if as_json:
         print(json.dumps(result))
         return
-    console.print(f"scored {result['profiles']:,} profiles at {instant:%Y-%m-%d %H:%M} with "
-                  f"{result['model_version']} in {seconds:.1f} s "
-                  f"({result['profiles_per_second']:,.0f}/s) -> {out}")  # fmt: skip
+    console.print(
+        f"scored {result['profiles']:,} profiles at {instant:%Y-%m-%d %H:%M} with "
+        f"{result['model_version']} in {seconds:.1f} s "
+        f"({result['profiles_per_second']:,.0f}/s) -> {out}"
+    )
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -251,22 +301,27 @@ def _setup(quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING if not quiet else logging.ERROR)
 
 
-def _config(file: Path | None, overrides: list[str] | None, horizon_days: int | None):
+def _config(file: str | None, overrides: list[str] | None, horizon_days: int | None):
     from training.config import ConfigError, build_config
 
     try:
-        pairs = list(overrides or [])
+        pairs = [pair for pair in overrides or [] if pair.strip()]
         if horizon_days is not None:
             pairs.append(f"data.horizon_days={horizon_days}")
-        return build_config(file, pairs)
+        return build_config(_path(file), pairs)
     except ConfigError as error:
         _fail(str(error), code=2)
+
+
+def _path(text: str | None) -> Path | None:
+    """Empty means not given (MLproject parameters cannot be absent)."""
+    return Path(text) if text and text.strip() else None
 
 
 def _instant(text: str | None) -> datetime | None:
     from training.datasets import parse_instant
 
-    if text is None:
+    if text is None or not text.strip():
         return None
     try:
         return parse_instant(text)

@@ -140,7 +140,7 @@ def _check_batch_equals_incremental(data, events) -> None:
     assert snapshot(incremental) == snapshot(batch)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), events=event_lists())
 def test_store_updates_equal_a_rebuild(data, events):
     """Through the event store: persisted updates (with process restarts in between) and a

@@ -40,8 +40,10 @@ def test_forward_returns_hidden_and_heads_have_documented_shapes(encoder: str) -
     assert hidden.shape == (B, 16)
     assert model.intent_logits(hidden).shape == (B,)
     assert model.engagement_logits(hidden, batch()["activity"]).shape == (
-        B, len(CHANNELS), HOURS_PER_WEEK,
-    )  # fmt: skip
+        B,
+        len(CHANNELS),
+        HOURS_PER_WEEK,
+    )
     out = model.predict(batch())
     assert out["p_engage"].shape == (B, len(CHANNELS), HOURS_PER_WEEK)
     assert torch.all((out["p_intent_raw"] > 0) & (out["p_intent_raw"] < 1))
@@ -52,9 +54,13 @@ def test_losses_are_finite_and_backpropagate() -> None:
     b = batch()
     hidden = model(b)
     loss = model.intent_loss(hidden, torch.tensor([1.0, 0, 0, 1, 0])) + model.engagement_loss(
-        hidden, b["activity"], torch.tensor([0, 0, 3]), torch.tensor([0, 1, 2]),
-        torch.tensor([10, 20, 167]), torch.tensor([1.0, 0.0, 1.0]),
-    )  # fmt: skip
+        hidden,
+        b["activity"],
+        torch.tensor([0, 0, 3]),
+        torch.tensor([0, 1, 2]),
+        torch.tensor([10, 20, 167]),
+        torch.tensor([1.0, 0.0, 1.0]),
+    )
     loss.backward()
     assert math.isfinite(loss.item())
     assert model.send_window.kernel_logits.grad is not None

@@ -187,12 +187,12 @@ def test_default_library_loads_with_and_without_scores():
 
 def test_subset_keeps_referenced_segments():
     library = load_library()
-    assert library.subset(["sunset"]).names == [
-        "engaged",
-        "active",
-        "at_risk",
-        "inactive",
-        "sunset",
+    assert library.subset(["active"]).names == ["engaged", "active"]
+    assert library.subset(["email_suppressed"]).names == [
+        "unsubscribed",
+        "bounced",
+        "complained",
+        "email_suppressed",
     ]
     with pytest.raises(KeyError, match="did you mean sunset"):
         library.subset(["sunet"])

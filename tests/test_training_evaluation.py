@@ -22,13 +22,15 @@ from training.model import HOURS_PER_WEEK
 
 
 def sends_frame(rows, hours, engaged, propensity=1 / 24) -> pd.DataFrame:
-    return pd.DataFrame({
-        "row": np.array(rows, dtype=np.int64),
-        "channel": np.zeros(len(rows), dtype=np.int64),
-        "hour_of_week": np.array(hours, dtype=np.int64),
-        "propensity": np.full(len(rows), propensity),
-        "engaged": np.array(engaged, dtype=bool),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "row": np.array(rows, dtype=np.int64),
+            "channel": np.zeros(len(rows), dtype=np.int64),
+            "hour_of_week": np.array(hours, dtype=np.int64),
+            "propensity": np.full(len(rows), propensity),
+            "engaged": np.array(engaged, dtype=bool),
+        }
+    )
 
 
 def test_off_policy_value_is_the_engagement_rate_of_matching_sends() -> None:
@@ -126,16 +128,22 @@ def test_bg_nbd_recovers_the_ordering_of_frequent_and_lapsed_customers() -> None
     orders = rng.poisson(3, n) + 1
     first = rng.uniform(100, 300, n)
     last = first * rng.uniform(0, 1, n)
-    profiles = pd.DataFrame({
-        "orders_total": orders, "days_since_first_order": first, "days_since_last_order": last,
-    })  # fmt: skip
+    profiles = pd.DataFrame(
+        {
+            "orders_total": orders,
+            "days_since_first_order": first,
+            "days_since_last_order": last,
+        }
+    )
     model = BetaGeometricNBD.fit(profiles)
     assert model.a > 1 and model.r > 0 and model.alpha > 0 and model.b > 0
-    probe = pd.DataFrame({
-        "orders_total": [10, 10, 1, 0],
-        "days_since_first_order": [200.0, 200.0, 200.0, np.nan],
-        "days_since_last_order": [2.0, 190.0, 200.0, np.nan],
-    })  # fmt: skip
+    probe = pd.DataFrame(
+        {
+            "orders_total": [10, 10, 1, 0],
+            "days_since_first_order": [200.0, 200.0, 200.0, np.nan],
+            "days_since_last_order": [2.0, 190.0, 200.0, np.nan],
+        }
+    )
     expected = model.expected_orders(probe, 30)
     assert expected[0] > expected[1] > 0  # recent and frequent beats lapsed
     assert np.isfinite(expected).all()
@@ -143,13 +151,15 @@ def test_bg_nbd_recovers_the_ordering_of_frequent_and_lapsed_customers() -> None
 
 def test_recency_frequency_rule_orders_profiles() -> None:
     at = pd.Timestamp("2026-03-01")
-    profiles = pd.DataFrame({
-        "cutoff": [at] * 3,
-        "first_seen_at": [at - pd.Timedelta(days=100)] * 3,
-        "last_seen_at": [at - pd.Timedelta(days=1)] * 3,
-        "orders_total": [5, 1, 0],
-        "days_since_last_order": [3.0, 60.0, np.nan],
-    })  # fmt: skip
+    profiles = pd.DataFrame(
+        {
+            "cutoff": [at] * 3,
+            "first_seen_at": [at - pd.Timedelta(days=100)] * 3,
+            "last_seen_at": [at - pd.Timedelta(days=1)] * 3,
+            "orders_total": [5, 1, 0],
+            "days_since_last_order": [3.0, 60.0, np.nan],
+        }
+    )
     score = recency_frequency_score(profiles)
     assert score[0] > score[1] > score[2]
 
@@ -168,8 +178,13 @@ START = datetime(2026, 1, 1)
         ),
         (
             60,
-            DataConfig(horizon_days=14, send_window_days=3, stride_days=7, min_history_days=7,
-                       max_train_cutoffs=2),  # fmt: skip
+            DataConfig(
+                horizon_days=14,
+                send_window_days=3,
+                stride_days=7,
+                min_history_days=7,
+                max_train_cutoffs=2,
+            ),
             ([11, 18], [32], [46]),
         ),
     ],
@@ -177,8 +192,10 @@ START = datetime(2026, 1, 1)
 )
 def test_plan_cutoffs_leaves_a_gap_of_the_label_window(days, data, expected) -> None:
     split = plan_cutoffs(START, START + timedelta(days=days), data)
-    as_days = [[(c - START).days for c in cutoffs]
-               for cutoffs in (split.train, split.validation, split.test)]  # fmt: skip
+    as_days = [
+        [(c - START).days for c in cutoffs]
+        for cutoffs in (split.train, split.validation, split.test)
+    ]
     train, validation, test = expected
     assert as_days[1] == validation and as_days[2] == test
     assert as_days[0][-len(train) :] == train
@@ -194,14 +211,19 @@ def test_plan_cutoffs_explains_too_little_history() -> None:
 
 def test_feature_spec_round_trips_and_flags_missing_values() -> None:
     at = pd.Timestamp("2026-03-01")
-    profiles = pd.DataFrame({
-        "profile_id": ["a", "b"], "cutoff": [at, at],
-        "first_seen_at": [at - pd.Timedelta(days=10), at - pd.Timedelta(days=1)],
-        "last_seen_at": [at - pd.Timedelta(days=1), at],
-        "orders_total": [3, 0], "days_since_last_order": [2.0, np.nan],
-        "email_unsubscribed": [True, False], "last_viewed_category": ["x", None],
-        "ordered": [True, False],
-    })  # fmt: skip
+    profiles = pd.DataFrame(
+        {
+            "profile_id": ["a", "b"],
+            "cutoff": [at, at],
+            "first_seen_at": [at - pd.Timedelta(days=10), at - pd.Timedelta(days=1)],
+            "last_seen_at": [at - pd.Timedelta(days=1), at],
+            "orders_total": [3, 0],
+            "days_since_last_order": [2.0, np.nan],
+            "email_unsubscribed": [True, False],
+            "last_viewed_category": ["x", None],
+            "ordered": [True, False],
+        }
+    )
     spec = FeatureSpec.fit(profiles, DataConfig())
     assert "ordered" not in spec.columns and "last_viewed_category" not in spec.columns
     assert spec.missing == ("days_since_last_order",)

@@ -7,6 +7,7 @@ column by column: floats bit for bit, timestamps to the microsecond, and the ``p
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from datetime import datetime, timedelta
@@ -477,10 +478,12 @@ def _mangle(raw: str, how: int) -> str:
         return raw[:-1] + ',"big":123456789012345678901}' if raw != "{}" else raw
     if how == 6:
         return orjson.dumps({"batch": [orjson.loads(raw)]}).decode()
+    if how == 7:  # another producer: \u escapes for non-ASCII, spaces after ':' and ','
+        return json.dumps(orjson.loads(raw))
     return raw
 
 
-_LINES = st.tuples(_MESSAGES, st.sampled_from([0] * 12 + [1, 2, 3, 4, 5, 6])).map(
+_LINES = st.tuples(_MESSAGES, st.sampled_from([0] * 12 + [1, 2, 3, 4, 5, 6, 7, 7])).map(
     lambda pair: _mangle(orjson.dumps(pair[0]).decode(), pair[1])
 )
 
@@ -545,7 +548,7 @@ def _random_line(rng: random.Random) -> str:
             ]
         ),
     }
-    return _mangle(orjson.dumps(message).decode(), rng.choice([0] * 20 + [1, 2, 3, 4, 5, 6]))
+    return _mangle(orjson.dumps(message).decode(), rng.choice([0] * 20 + [1, 2, 3, 4, 5, 6, 7]))
 
 
 # --- realistic data is mostly claimed --------------------------------------------------------

@@ -68,21 +68,33 @@ def fit_lightgbm(train: ExampleSet, validation: ExampleSet, seed: int = 7) -> In
 
     columns = list(_raw_features(train.profiles).columns)
     params = {
-        "objective": "binary", "learning_rate": 0.05, "num_leaves": 31,
-        "min_child_samples": 50, "feature_fraction": 0.8, "bagging_fraction": 0.8,
-        "bagging_freq": 1, "lambda_l2": 1.0, "seed": seed, "verbose": -1, "num_threads": 2,
-    }  # fmt: skip
+        "objective": "binary",
+        "learning_rate": 0.05,
+        "num_leaves": 31,
+        "min_child_samples": 50,
+        "feature_fraction": 0.8,
+        "bagging_fraction": 0.8,
+        "bagging_freq": 1,
+        "lambda_l2": 1.0,
+        "seed": seed,
+        "verbose": -1,
+        "num_threads": 2,
+    }
     train_set = lightgbm.Dataset(
         _raw_features(train.profiles)[columns], train.profiles["ordered"].astype(int)
     )
     valid_set = lightgbm.Dataset(
-        _raw_features(validation.profiles)[columns], validation.profiles["ordered"].astype(int),
+        _raw_features(validation.profiles)[columns],
+        validation.profiles["ordered"].astype(int),
         reference=train_set,
-    )  # fmt: skip
+    )
     booster = lightgbm.train(
-        params, train_set, num_boost_round=2000, valid_sets=[valid_set],
+        params,
+        train_set,
+        num_boost_round=2000,
+        valid_sets=[valid_set],
         callbacks=[lightgbm.early_stopping(50, verbose=False)],
-    )  # fmt: skip
+    )
 
     def score(profiles: pd.DataFrame) -> np.ndarray:
         p = booster.predict(_raw_features(profiles)[columns], num_iteration=booster.best_iteration)
@@ -149,36 +161,47 @@ class BetaGeometricNBD:
 
         def negative_log_likelihood(log_params: np.ndarray) -> float:
             r, alpha, a, b = np.exp(log_params)
-            a = a + 1.0  # a > 1 keeps the conditional expectation finite
             common = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
             first = common + betaln(a, b + x) - betaln(a, b) - (r + x) * np.log(alpha + age)
             second = (
-                common + betaln(a + 1, b + x - 1 + (x == 0)) - betaln(a, b)
+                common
+                + betaln(a + 1, b + x - 1 + (x == 0))
+                - betaln(a, b)
                 - (r + x) * np.log(alpha + t_x)
-            )  # fmt: skip
+            )
             total = np.where(x > 0, np.logaddexp(first, second), first)
             return -float(np.sum(total))
 
-        result = minimize(negative_log_likelihood, x0=np.log([0.5, 5.0, 0.5, 2.0]),
-                          method="Nelder-Mead", options={"maxiter": 4000, "xatol": 1e-6,
-                                                         "fatol": 1e-6})  # fmt: skip
+        with np.errstate(all="ignore"):
+            result = minimize(
+                negative_log_likelihood,
+                x0=np.log([0.5, 5.0, 0.5, 2.0]),
+                method="Nelder-Mead",
+                options={"maxiter": 4000, "xatol": 1e-6, "fatol": 1e-6},
+            )
         r, alpha, a, b = np.exp(result.x)
-        return cls(float(r), float(alpha), float(a + 1.0), float(b))
+        if abs(a - 1.0) < 1e-6:  # eq. 10 divides by a - 1
+            a = 1.0 + 1e-6
+        return cls(float(r), float(alpha), float(a), float(b))
 
     def expected_orders(self, profiles: pd.DataFrame, horizon_days: float) -> np.ndarray:
         """E[orders in the next horizon | history] (Fader, Hardie & Lee 2005, eq. 10)."""
         x, t_x, age = self.summaries(profiles)
         t = horizon_days / 7.0
+        with np.errstate(all="ignore"):
+            return self._expected(x, t_x, age, t)
+
+    def _expected(self, x: np.ndarray, t_x: np.ndarray, age: np.ndarray, t: float) -> np.ndarray:
         r, alpha, a, b = self.r, self.alpha, self.a, self.b
         z = t / (alpha + age + t)
         hyper = hyp2f1(r + x, b + x, a + b + x - 1, z)
-        numerator = (a + b + x - 1) / (a - 1) * (
-            1 - ((alpha + age) / (alpha + age + t)) ** (r + x) * hyper
+        numerator = (
+            (a + b + x - 1) / (a - 1) * (1 - ((alpha + age) / (alpha + age + t)) ** (r + x) * hyper)
         )
         alive_odds = np.where(
             x > 0, a / np.maximum(b + x - 1, 1e-9) * ((alpha + age) / (alpha + t_x)) ** (r + x), 0
         )
-        return np.nan_to_num(numerator / (1 + alive_odds), nan=0.0, posinf=0.0)
+        return np.nan_to_num(numerator / (1 + alive_odds), nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def fit_bg_nbd(train: ExampleSet, validation: ExampleSet, horizon_days: int) -> IntentBaseline:

@@ -26,21 +26,28 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    horizon_days: int = 14  # intent label: an order within this many days after the cutoff
-    send_window_days: int = 7  # engagement labels: sends this many days after each cutoff
+    horizon_days: int = 7  # intent label: an order within this many days after the cutoff
+    send_window_days: int = 3  # engagement labels: sends this many days after each cutoff
     stride_days: int = 7  # days between consecutive cutoffs
     max_train_cutoffs: int = 8  # most recent training cutoffs kept (older ones are dropped)
     validation_cutoffs: int = 1  # cutoffs for early stopping, calibration and the champion test
     test_cutoffs: int = 1  # the last cutoffs, evaluated once
-    min_history_days: int = 14  # the first cutoff is at least this long after the first event
+    min_history_days: int = 7  # the first cutoff is at least this long after the first event
     sequence_length: int = 64  # most recent events per profile fed to the encoder
     category_buckets: int = 1024  # hashed product categories
-    max_profiles_per_cutoff: int = 0  # random subsample of profiles per cutoff; 0 keeps all
+    max_profiles_per_cutoff: int = 0  # training cutoffs only: random subsample; 0 keeps all
 
     def __post_init__(self) -> None:
-        for name in ("horizon_days", "send_window_days", "stride_days", "max_train_cutoffs",
-                     "validation_cutoffs", "test_cutoffs", "sequence_length",
-                     "category_buckets"):  # fmt: skip
+        for name in (
+            "horizon_days",
+            "send_window_days",
+            "stride_days",
+            "max_train_cutoffs",
+            "validation_cutoffs",
+            "test_cutoffs",
+            "sequence_length",
+            "category_buckets",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be at least 1, got {getattr(self, name)}")
         if self.min_history_days < 0 or self.max_profiles_per_cutoff < 0:
@@ -63,8 +70,9 @@ class OptimConfig:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.threads < 1:
             raise ConfigError("optim.epochs, batch_size, patience and threads must be >= 1")
         if self.learning_rate <= 0 or self.weight_decay < 0 or self.engagement_weight < 0:
-            raise ConfigError("optim.learning_rate must be > 0, weight_decay and "
-                              "engagement_weight >= 0")  # fmt: skip
+            raise ConfigError(
+                "optim.learning_rate must be > 0, weight_decay and engagement_weight >= 0"
+            )
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def flat(self) -> dict[str, Any]:
-        """``{"data.horizon_days": 14, ...}``: the form MLflow params and ``--set`` use."""
+        """``{"data.horizon_days": 7, ...}``: the form MLflow params and ``--set`` use."""
         return {
             f"{section}.{key}": value
             for section, values in self.as_dict().items()

@@ -44,11 +44,19 @@ from training.model import CHANNELS, HOURS_PER_WEEK
 
 logger = logging.getLogger(__name__)
 
-SEQUENCE_ARRAYS = ("tokens", "gap_previous", "gap_to_cutoff", "hour_of_week", "value",
-                   "category", "mask")  # fmt: skip
+SEQUENCE_ARRAYS = (
+    "tokens",
+    "gap_previous",
+    "gap_to_cutoff",
+    "hour_of_week",
+    "value",
+    "category",
+    "mask",
+)
 # Messages the brand sent and complaints are not the person's own timing.
-_NOT_ACTIVITY = tuple(sorted(SEND_EVENTS | {"Unsubscribed", "Email Marked as Spam",
-                                            "SMS Opted Out"}))  # fmt: skip
+_NOT_ACTIVITY = tuple(
+    sorted(SEND_EVENTS | {"Unsubscribed", "Email Marked as Spam", "SMS Opted Out"})
+)
 _LABEL_COLUMNS = ("ordered", "label_profile_id")
 
 
@@ -253,10 +261,8 @@ def examples_at(
     source: ProfileSource,
     cutoff: datetime,
     data: DataConfig,
-    rng: np.random.Generator | None = None,
 ) -> ExampleSet:
-    """Features and labels of every profile seen by ``cutoff`` (a random subsample of
-    ``max_profiles_per_cutoff`` when set)."""
+    """Features and labels of every profile seen by ``cutoff``."""
     config = ExampleConfig(
         horizon_days=data.horizon_days,
         send_window_days=data.send_window_days,
@@ -271,12 +277,7 @@ def examples_at(
     profiles.insert(1, "cutoff", pd.Timestamp(cutoff))
     arrays = {name: getattr(examples.sequences, name) for name in SEQUENCE_ARRAYS}
     arrays.update(activity=activity, reached=reached)
-    part = ExampleSet(profiles, arrays, _send_frame(examples.sends, profile_ids))
-    if data.max_profiles_per_cutoff and len(part) > data.max_profiles_per_cutoff:
-        rng = rng or np.random.default_rng(0)
-        rows = np.sort(rng.choice(len(part), data.max_profiles_per_cutoff, replace=False))
-        part = part.subset(rows)
-    return part
+    return ExampleSet(profiles, arrays, _send_frame(examples.sends, profile_ids))
 
 
 def features_at(
@@ -321,34 +322,37 @@ def build_split(
     seed: int = 0,
     cache_dir: Path | None = None,
     on_cutoff: Callable[[datetime], Any] | None = None,
+    max_profiles_per_cutoff: int = 0,
 ) -> ExampleSet:
-    """Examples at every cutoff in ``cutoffs``, concatenated.
+    """Examples at every cutoff in ``cutoffs``, concatenated; with ``max_profiles_per_cutoff``
+    a seeded random subsample of that many profiles per cutoff (meant for training only).
 
     With ``cache_dir`` each cutoff's examples are kept there (keyed by the stored events, the
-    source, the cutoff and the data settings), so tuning trials and re-evaluations of the same
+    source, the cutoff and the label settings), so tuning trials and re-evaluations of the same
     split do not recompute the point-in-time SQL."""
     fingerprint = store_fingerprint(connection) if cache_dir is not None else ""
     parts = []
     for index, cutoff in enumerate(cutoffs):
-        rng = np.random.default_rng([seed, index])
         if cache_dir is None:
-            parts.append(examples_at(connection, source, cutoff, data, rng))
+            part = examples_at(connection, source, cutoff, data)
         else:
-            key = _cache_key(fingerprint, source, cutoff, data, seed, index)
+            key = _cache_key(fingerprint, source, cutoff, data)
             part = _read_cached(cache_dir / key, data.sequence_length)
             if part is None:
-                part = examples_at(connection, source, cutoff, data, rng)
+                part = examples_at(connection, source, cutoff, data)
                 _write_cached(cache_dir / key, part)
-            parts.append(part)
+        if max_profiles_per_cutoff and len(part) > max_profiles_per_cutoff:
+            rng = np.random.default_rng([seed, index])
+            part = part.subset(
+                np.sort(rng.choice(len(part), max_profiles_per_cutoff, replace=False))
+            )
+        parts.append(part)
         if on_cutoff is not None:
             on_cutoff(cutoff)
     return ExampleSet.concat(parts)
 
 
-def _cache_key(
-    fingerprint: str, source: ProfileSource, cutoff: datetime, data: DataConfig, seed: int,
-    index: int,
-) -> str:
+def _cache_key(fingerprint: str, source: ProfileSource, cutoff: datetime, data: DataConfig) -> str:
     """The cache entry of one cutoff. The sequence length is not part of it: an entry with
     longer sequences serves shorter ones (the newest events are the last columns)."""
     settings = {
@@ -359,8 +363,6 @@ def _cache_key(
         "horizon_days": data.horizon_days,
         "send_window_days": data.send_window_days,
         "category_buckets": data.category_buckets,
-        "max_profiles_per_cutoff": data.max_profiles_per_cutoff,
-        "sample": [seed, index] if data.max_profiles_per_cutoff else None,
         "version": _CACHE_VERSION,
     }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
@@ -380,9 +382,10 @@ def _read_cached(folder: Path, sequence_length: int) -> ExampleSet | None:
     for name in SEQUENCE_ARRAYS:
         arrays[name] = np.ascontiguousarray(arrays[name][:, -sequence_length:])
     return ExampleSet(
-        pd.read_parquet(folder / "profiles.parquet"), arrays,
+        pd.read_parquet(folder / "profiles.parquet"),
+        arrays,
         pd.read_parquet(folder / "sends.parquet"),
-    )  # fmt: skip
+    )
 
 
 def _write_cached(folder: Path, part: ExampleSet) -> None:
@@ -425,9 +428,15 @@ class FeatureSpec:
         matrix = _matrix(raw, columns, missing)
         mean, std = matrix.mean(axis=0), matrix.std(axis=0)
         std = np.where(std > 1e-6, std, 1.0)
-        return cls(columns, missing, tuple(map(float, mean)), tuple(map(float, std)),
-                   data.sequence_length, data.category_buckets,
-                   horizon_days=data.horizon_days)  # fmt: skip
+        return cls(
+            columns,
+            missing,
+            tuple(map(float, mean)),
+            tuple(map(float, std)),
+            data.sequence_length,
+            data.category_buckets,
+            horizon_days=data.horizon_days,
+        )
 
     def transform(self, profiles: pd.DataFrame) -> np.ndarray:
         """(P, width) float32."""
@@ -456,10 +465,15 @@ class FeatureSpec:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FeatureSpec:
         return cls(
-            tuple(values["columns"]), tuple(values["missing"]), tuple(values["mean"]),
-            tuple(values["std"]), int(values["sequence_length"]), int(values["category_buckets"]),
-            int(values["vocabulary_size"]), int(values["horizon_days"]),
-        )  # fmt: skip
+            tuple(values["columns"]),
+            tuple(values["missing"]),
+            tuple(values["mean"]),
+            tuple(values["std"]),
+            int(values["sequence_length"]),
+            int(values["category_buckets"]),
+            int(values["vocabulary_size"]),
+            int(values["horizon_days"]),
+        )
 
 
 def _raw_features(profiles: pd.DataFrame) -> pd.DataFrame:
@@ -481,7 +495,8 @@ def _raw_features(profiles: pd.DataFrame) -> pd.DataFrame:
             continue
         series = profiles[column]
         if pd.api.types.is_bool_dtype(series) or (
-            pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_datetime64_any_dtype(series)
+            pd.api.types.is_numeric_dtype(series)
+            and not pd.api.types.is_datetime64_any_dtype(series)
         ):
             out[column] = pd.to_numeric(series.astype("float64"), errors="coerce")
     return pd.DataFrame(out, index=profiles.index)
@@ -538,16 +553,20 @@ def parse_instant(text: str) -> datetime:
     try:
         return _naive_utc(datetime.fromisoformat(text))
     except ValueError as error:
-        raise ValueError(f"not an ISO timestamp: {text!r} (e.g. 2011-11-09 or "
-                         "2026-03-01T00:00:00Z)") from error  # fmt: skip
+        raise ValueError(
+            f"not an ISO timestamp: {text!r} (e.g. 2011-11-09 or 2026-03-01T00:00:00Z)"
+        ) from error
 
 
 def describe_split(split: TimeSplit) -> dict[str, str]:
     def span(cutoffs: list[datetime]) -> str:
         return f"{cutoffs[0]:%Y-%m-%d %H:%M} .. {cutoffs[-1]:%Y-%m-%d %H:%M} ({len(cutoffs)})"
 
-    return {"train": span(split.train), "validation": span(split.validation),
-            "test": span(split.test)}  # fmt: skip
+    return {
+        "train": span(split.train),
+        "validation": span(split.validation),
+        "test": span(split.test),
+    }
 
 
 def epochs_for_examples(n: int, batch_size: int) -> int:

@@ -11,6 +11,7 @@ policy's chosen hour against the oracle's. Plots go to a folder for MLflow.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,18 +48,29 @@ class Evaluation:
     notes: list[str] = field(default_factory=list)
     curves: dict[str, Any] = field(default_factory=dict)  # inputs of the plots
 
-    def add(self, section: str, model: str, metric: str, estimate: Estimate | float,
-            n: int) -> None:  # fmt: skip
+    def add(
+        self, section: str, model: str, metric: str, estimate: Estimate | float, n: int
+    ) -> None:
         if isinstance(estimate, Estimate):
             value, low, high = estimate.value, estimate.low, estimate.high
         else:
             value, low, high = float(estimate), float("nan"), float("nan")
-        self.rows.append({"section": section, "model": model, "metric": metric,
-                          "value": value, "low": low, "high": high, "n": n})  # fmt: skip
+        self.rows.append(
+            {
+                "section": section,
+                "model": model,
+                "metric": metric,
+                "value": value,
+                "low": low,
+                "high": high,
+                "n": n,
+            }
+        )
 
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=["section", "model", "metric", "value", "low",
-                                                "high", "n"])  # fmt: skip
+        return pd.DataFrame(
+            self.rows, columns=["section", "model", "metric", "value", "low", "high", "n"]
+        )
 
     def value(self, section: str, model: str, metric: str) -> float:
         for row in self.rows:
@@ -118,8 +130,10 @@ def evaluate(
         )
         subset = {name: s[comparable] for name, s in scores.items()}
         _intent_section(result, "intent_addressable", y[comparable], subset, resamples, seed)
-    result.curves["intent"] = {"y": y, "scores": {k: v for k, v in scores.items()
-                                                  if np.isfinite(v).all()}}  # fmt: skip
+    result.curves["intent"] = {
+        "y": y,
+        "scores": {k: v for k, v in scores.items() if np.isfinite(v).all()},
+    }
     if test.has_sends and engagement_trained:
         _engagement_section(result, test, predictions, train_sends, rows, truth, resamples, seed)
     elif not engagement_trained:
@@ -131,9 +145,13 @@ def evaluate(
 
 
 def _intent_section(
-    result: Evaluation, section: str, y: np.ndarray, scores: dict[str, np.ndarray],
-    resamples: int, seed: int,
-) -> None:  # fmt: skip
+    result: Evaluation,
+    section: str,
+    y: np.ndarray,
+    scores: dict[str, np.ndarray],
+    resamples: int,
+    seed: int,
+) -> None:
     for name, p in scores.items():
         finite = np.isfinite(p)
         if not finite.any():
@@ -163,15 +181,30 @@ def _engagement_section(
     channel = sends["channel"].to_numpy(np.int64)
     hour = sends["hour_of_week"].to_numpy(np.int64)
     global_hours = GlobalHours.fit(train_sends)
-    probabilities = {MODEL: predictions.send_probability,
-                     "global_hour_rates": global_hours.probability(channel, hour)}  # fmt: skip
+    probabilities = {
+        MODEL: predictions.send_probability,
+        "global_hour_rates": global_hours.probability(channel, hour),
+    }
     for name, p in probabilities.items():
-        result.add("engagement", name, "log_loss",
-                   bootstrap(log_loss, engaged, p, resamples, seed), len(engaged))  # fmt: skip
-        result.add("engagement", name, "roc_auc",
-                   bootstrap(roc_auc, engaged, p, resamples, seed), len(engaged))  # fmt: skip
-    result.curves["engagement"] = {"engaged": engaged, "channel": channel,
-                                   "probabilities": probabilities}  # fmt: skip
+        result.add(
+            "engagement",
+            name,
+            "log_loss",
+            bootstrap(log_loss, engaged, p, resamples, seed),
+            len(engaged),
+        )
+        result.add(
+            "engagement",
+            name,
+            "roc_auc",
+            bootstrap(roc_auc, engaged, p, resamples, seed),
+            len(engaged),
+        )
+    result.curves["engagement"] = {
+        "engaged": engaged,
+        "channel": channel,
+        "probabilities": probabilities,
+    }
 
     # Send-time policies: one hour per profile and day of the week.
     activity = test.arrays["activity"]
@@ -179,22 +212,28 @@ def _engagement_section(
         MODEL: predictions.best_hour_by_day,
         "global_best_hour": np.broadcast_to(global_hours.best_hour_by_day, (len(test), 7)),
         "most_frequent_engagement_hour": most_frequent_hour(
-            activity, 1, global_hours.best_hour, global_hours.best_hour_by_day)[1],
+            activity, 1, global_hours.best_hour, global_hours.best_hour_by_day
+        )[1],
         "most_frequent_activity_hour": most_frequent_hour(
-            activity, 0, global_hours.best_hour, global_hours.best_hour_by_day)[1],
-    }  # fmt: skip
+            activity, 0, global_hours.best_hour, global_hours.best_hour_by_day
+        )[1],
+    }
     weekly = {
         MODEL: predictions.best_hour,
         "global_best_hour": np.full(len(test), global_hours.best_hour),
         "most_frequent_engagement_hour": most_frequent_hour(
-            activity, 1, global_hours.best_hour, global_hours.best_hour_by_day)[0],
+            activity, 1, global_hours.best_hour, global_hours.best_hour_by_day
+        )[0],
         "most_frequent_activity_hour": most_frequent_hour(
-            activity, 0, global_hours.best_hour, global_hours.best_hour_by_day)[0],
-    }  # fmt: skip
+            activity, 0, global_hours.best_hour, global_hours.best_hour_by_day
+        )[0],
+    }
     oracle_curves = None
     if truth is not None and rows is not None:
         oracle_curves = _oracle_curves(test, rows, truth)  # (P, C, 168)
-        mean_curve = np.nanmean(oracle_curves, axis=1)  # hour ranking is shared by channels
+        with warnings.catch_warnings():  # unreachable people: all-NaN rows are expected
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean_curve = np.nanmean(oracle_curves, axis=1)  # channels share the hour ranking
         valid = np.isfinite(mean_curve).any(axis=1)
         filled = np.where(np.isfinite(mean_curve), mean_curve, -1.0)
         weekly["oracle"] = np.where(valid, filled.argmax(axis=1), global_hours.best_hour)
@@ -210,9 +249,12 @@ def _engagement_section(
 
 
 def _off_policy(
-    result: Evaluation, sends: pd.DataFrame, policies_by_day: dict[str, np.ndarray],
-    resamples: int, seed: int,
-) -> None:  # fmt: skip
+    result: Evaluation,
+    sends: pd.DataFrame,
+    policies_by_day: dict[str, np.ndarray],
+    resamples: int,
+    seed: int,
+) -> None:
     """Self-normalised IPS: among held-out sends, those the policy would also have sent at the
     same hour of that day, weighted by 1 / the logged propensity of the hour."""
     propensity = sends["propensity"].to_numpy(np.float64)
@@ -238,8 +280,9 @@ def _off_policy(
         result.add("send_time_ips", name, "engagement_rate", estimate, int(match.sum()))
 
 
-def _ratio_estimate(numerator: np.ndarray, denominator: np.ndarray, resamples: int,
-                    seed: int) -> Estimate:  # fmt: skip
+def _ratio_estimate(
+    numerator: np.ndarray, denominator: np.ndarray, resamples: int, seed: int
+) -> Estimate:
     """sum(numerator) / sum(denominator) with a bootstrap interval over the rows."""
     if denominator.sum() <= 0:
         return Estimate(float("nan"), float("nan"), float("nan"))
@@ -267,9 +310,12 @@ def _oracle_curves(test: ExampleSet, rows: np.ndarray, truth: SimulatorTruth) ->
 
 
 def _true_value(
-    result: Evaluation, curves: np.ndarray, weekly: dict[str, np.ndarray], resamples: int,
+    result: Evaluation,
+    curves: np.ndarray,
+    weekly: dict[str, np.ndarray],
+    resamples: int,
     seed: int,
-) -> None:  # fmt: skip
+) -> None:
     """Mean true P(engage) when each reachable (profile, channel) gets the policy's hour, and
     the share of the oracle's gain over the global best hour each policy captures."""
     has = np.isfinite(curves).any(axis=2)  # (P, C) reachable pairs of known people
@@ -281,8 +327,9 @@ def _true_value(
     pairs = has[profiles].sum(axis=1).astype(np.float64)
     for name, value in values.items():
         estimate = _ratio_estimate(value, pairs, resamples, seed)
-        result.add("send_time_truth", name, "true_engagement_probability", estimate,
-                   int(pairs.sum()))  # fmt: skip
+        result.add(
+            "send_time_truth", name, "true_engagement_probability", estimate, int(pairs.sum())
+        )
     oracle, base = values["oracle"], values["global_best_hour"]
     rng = np.random.default_rng(seed)
     index_sets = [rng.integers(0, len(profiles), len(profiles)) for _ in range(resamples)]
@@ -297,8 +344,13 @@ def _true_value(
 
         samples = [capture(i) for i in index_sets]
         low, high = np.nanpercentile(samples, [2.5, 97.5])
-        result.add("send_time_truth", name, "share_of_oracle_gain_over_global",
-                   Estimate(capture(None), float(low), float(high)), len(profiles))  # fmt: skip
+        result.add(
+            "send_time_truth",
+            name,
+            "share_of_oracle_gain_over_global",
+            Estimate(capture(None), float(low), float(high)),
+            len(profiles),
+        )
 
 
 # --- plots -----------------------------------------------------------------------------------
@@ -339,8 +391,9 @@ def write_plots(
             precision, recall, _ = precision_recall_curve(y, p)
             pr_axis.plot(recall, precision, label=name)
         roc_axis.plot([0, 1], [0, 1], "k:", lw=0.8)
-        roc_axis.set(xlabel="false positive rate", ylabel="true positive rate",
-                     title="Intent ROC (test)")  # fmt: skip
+        roc_axis.set(
+            xlabel="false positive rate", ylabel="true positive rate", title="Intent ROC (test)"
+        )
         pr_axis.set(xlabel="recall", ylabel="precision", title="Intent precision-recall")
         roc_axis.legend(fontsize=7)
         pr_axis.legend(fontsize=7)
@@ -352,8 +405,11 @@ def write_plots(
             axis.plot(predicted, observed, marker="o", ms=3, label=name)
         limit = max(0.05, float(max(np.max(p) for p in scores.values())))
         axis.plot([0, limit], [0, limit], "k:", lw=0.8)
-        axis.set(xlabel="predicted P(order)", ylabel="observed order rate",
-                 title="Calibration (15 equal-mass bins)")  # fmt: skip
+        axis.set(
+            xlabel="predicted P(order)",
+            ylabel="observed order rate",
+            title="Calibration (15 equal-mass bins)",
+        )
         axis.legend(fontsize=7)
         save(figure, "intent_calibration.png")
 
@@ -363,23 +419,30 @@ def write_plots(
             gains = np.cumsum(y[order]) / y.sum()
             axis.plot(np.arange(1, len(y) + 1) / len(y), gains, label=name)
         axis.plot([0, 1], [0, 1], "k:", lw=0.8)
-        axis.set(xlabel="share of profiles targeted (by score)", ylabel="share of orders",
-                 title="Cumulative gain")  # fmt: skip
+        axis.set(
+            xlabel="share of profiles targeted (by score)",
+            ylabel="share of orders",
+            title="Cumulative gain",
+        )
         axis.legend(fontsize=7)
         save(figure, "intent_gain.png")
 
     if predictions.curves is not None and len(test):
         evidence = predictions.hour_evidence
-        chosen = np.unique(np.quantile(np.arange(len(test)), np.linspace(0, 1, example_profiles))
-                           .astype(int))  # fmt: skip
+        chosen = np.unique(
+            np.quantile(np.arange(len(test)), np.linspace(0, 1, example_profiles)).astype(int)
+        )
         chosen = np.argsort(evidence, kind="stable")[chosen]  # from cold start to rich history
         figure, axes = plt.subplots(len(chosen), 1, figsize=(9, 2.2 * len(chosen)), squeeze=False)
         for axis, row in zip(axes[:, 0], chosen, strict=True):
             grid = predictions.curves[row].astype(np.float64).max(axis=0).reshape(7, 24)
             image = axis.imshow(grid, aspect="auto", cmap="viridis")
             axis.set_yticks(range(7), ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"])
-            axis.set_title(f"profile {test.profiles['profile_id'].iloc[row]!s:.24} — "
-                           f"{evidence[row]:.0f} weighted events", fontsize=8)  # fmt: skip
+            axis.set_title(
+                f"profile {test.profiles['profile_id'].iloc[row]!s:.24} — "
+                f"{evidence[row]:.0f} weighted events",
+                fontsize=8,
+            )
             figure.colorbar(image, ax=axis, label="P(engage)")
         axes[-1, 0].set_xlabel("hour of day (UTC)")
         save(figure, "send_window_heatmaps.png")
@@ -388,9 +451,12 @@ def write_plots(
     if engagement:
         figure, axis = plt.subplots(figsize=(6, 4))
         width = 0.35
-        observed = [engagement["engaged"][engagement["channel"] == c].mean()
-                    if (engagement["channel"] == c).any() else np.nan
-                    for c in range(len(CHANNELS))]  # fmt: skip
+        observed = [
+            engagement["engaged"][engagement["channel"] == c].mean()
+            if (engagement["channel"] == c).any()
+            else np.nan
+            for c in range(len(CHANNELS))
+        ]
         at_best = np.nanmean(predictions.p_engage_at_best, axis=0)
         x = np.arange(len(CHANNELS))
         axis.bar(x - width / 2, observed, width, label="observed rate (random hours)")
@@ -410,14 +476,16 @@ def _reliability(y: np.ndarray, p: np.ndarray, bins: int = 15) -> tuple[np.ndarr
 
 def format_table(table: pd.DataFrame) -> pd.DataFrame:
     """value [low, high] strings, one row per (section, model), one column per metric."""
+
     def cell(row: pd.Series) -> str:
         if np.isfinite(row["low"]):
             return f"{row['value']:.4f} [{row['low']:.4f}, {row['high']:.4f}]"
         return f"{row['value']:.4f}"
 
     shown = table.assign(cell=table.apply(cell, axis=1))
-    return shown.pivot_table(index=["section", "model"], columns="metric", values="cell",
-                             aggfunc="first", sort=False)  # fmt: skip
+    return shown.pivot_table(
+        index=["section", "model"], columns="metric", values="cell", aggfunc="first", sort=False
+    )
 
 
 def cutoff_label(cutoffs: list[datetime]) -> str:

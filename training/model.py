@@ -1,11 +1,11 @@
 """The Kairos customer model: one encoder over a profile's event sequence, two heads.
 
 The encoder reads the last N events of a profile (event x channel token, hour of week, hashed
-category, log time gaps and log order value) with a small pre-norm Transformer (Vaswani et al.,
-2017; SASRec, Kang & McAuley, 2018 for the behaviour-sequence use) or a GRU (GRU4Rec, Hidasi et
-al., 2016), pools it with a learned attention query plus the most recent position, and joins the
-profile's point-in-time aggregates (a wide & deep join, Cheng et al., 2016). Two heads read the
-hidden vector:
+category, log time gaps, log order value and the event's phase in the year) with a small
+pre-norm Transformer (Vaswani et al., 2017; SASRec, Kang & McAuley, 2018 for the
+behaviour-sequence use) or a GRU (GRU4Rec, Hidasi et al., 2016), pools it with a learned
+attention query plus the most recent position, and joins the profile's point-in-time
+aggregates (a wide & deep join, Cheng et al., 2016). Two heads read the hidden vector:
 
 - intent: the logit of P(Order Completed within H days of the cutoff); calibration (Platt /
   temperature scaling) is fitted outside the network, on validation, and stored with it.
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 HOURS_PER_WEEK = 168
+HOURS_PER_YEAR = 365.25 * 24
 CHANNELS = ("email", "sms", "push")
 # Activity-hour histograms: row 0 site/app/order activity, row 1 opens/clicks/taps.
 ACTIVITY_KINDS = ("activity", "engagement")
@@ -71,23 +72,32 @@ class CustomerEncoder(nn.Module):
         self.token = nn.Embedding(vocabulary_size, d, padding_idx=0)
         self.hour = nn.Embedding(HOURS_PER_WEEK, d)
         self.category = nn.Embedding(category_buckets + 1, d, padding_idx=0)
-        # log gap to the previous event, log age at the cutoff, signed log value
-        self.numbers = nn.Sequential(nn.Linear(3, d), nn.GELU(), nn.Linear(d, d))
+        # log gap to the previous event, log age at the cutoff, signed log value, and the
+        # event's phase in the year before the cutoff (sin, cos): "ordered this time last year"
+        self.numbers = nn.Sequential(nn.Linear(5, d), nn.GELU(), nn.Linear(d, d))
         self.input_norm = nn.LayerNorm(d)
         self.input_dropout = nn.Dropout(config.dropout)
         if config.encoder == "transformer":
             block = nn.TransformerEncoderLayer(
-                d, config.heads, 4 * d, config.dropout, activation="gelu",
-                batch_first=True, norm_first=True,
-            )  # fmt: skip
+                d,
+                config.heads,
+                4 * d,
+                config.dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
             self.sequence = nn.TransformerEncoder(
                 block, config.layers, norm=nn.LayerNorm(d), enable_nested_tensor=False
             )
         else:
             self.sequence = nn.GRU(
-                d, d, num_layers=config.layers, batch_first=True,
+                d,
+                d,
+                num_layers=config.layers,
+                batch_first=True,
                 dropout=config.dropout if config.layers > 1 else 0.0,
-            )  # fmt: skip
+            )
         self.pool_query = nn.Parameter(torch.randn(d) / math.sqrt(d))
         self.static = (
             nn.Sequential(nn.Linear(static_features, d), nn.GELU(), nn.Linear(d, d))
@@ -104,9 +114,18 @@ class CustomerEncoder(nn.Module):
         # A profile with no event yet keeps one padding position so attention stays defined.
         mask = mask.clone()
         mask[:, -1] |= ~mask.any(dim=1)
+        age_hours = torch.expm1(batch["gap_to_cutoff"])  # (B, T)
+        year_phase = age_hours * (2 * math.pi / HOURS_PER_YEAR)  # (B, T)
         numbers = torch.stack(
-            [batch["gap_previous"], batch["gap_to_cutoff"], batch["value"]], dim=-1
-        )  # (B, T, 3)
+            [
+                batch["gap_previous"],
+                batch["gap_to_cutoff"],
+                batch["value"],
+                torch.sin(year_phase),
+                torch.cos(year_phase),
+            ],
+            dim=-1,
+        )  # (B, T, 5)
         x = (
             self.token(batch["tokens"])
             + self.hour(batch["hour_of_week"])
@@ -177,9 +196,7 @@ class SendWindowHead(nn.Module):
         density, _ = self.density(activity)  # (B, 168)
         relative = torch.log(density.clamp_min(1e-8) * HOURS_PER_WEEK)  # 0 = a flat week
         hour = (
-            self.hour_prior
-            + F.softplus(self.gain(hidden)) * relative
-            + self.low_rank(hidden)
+            self.hour_prior + F.softplus(self.gain(hidden)) * relative + self.low_rank(hidden)
         )  # (B, 168)
         return self.channel(hidden).unsqueeze(-1) + hour.unsqueeze(1)  # (B, C, 168)
 

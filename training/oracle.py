@@ -20,11 +20,21 @@ from training.model import CHANNELS, HOURS_PER_WEEK
 
 _IDENTIFIER_COLUMNS = ("user_id", "emails", "phones", "anonymous_ids", "device_ids")
 _TRUTH_COLUMNS = (
-    "person_id", *_IDENTIFIER_COLUMNS, "hour_of_week_preference", "hour_preference_effect",
-    "engagement_effect", "daily_engagement", "engagement_final", "email_valid",
-    "push_receive_probability", "push_device_id", "affinity_email", "affinity_sms",
-    "affinity_push", "daily_purchase_hazard",
-)  # fmt: skip
+    "person_id",
+    *_IDENTIFIER_COLUMNS,
+    "hour_of_week_preference",
+    "hour_preference_effect",
+    "engagement_effect",
+    "daily_engagement",
+    "engagement_final",
+    "email_valid",
+    "push_receive_probability",
+    "push_device_id",
+    "affinity_email",
+    "affinity_sms",
+    "affinity_push",
+    "daily_purchase_hazard",
+)
 
 
 @dataclass

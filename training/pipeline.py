@@ -128,14 +128,31 @@ def build_splits(
     source = profile_source(until)
     seed = config.optim.seed
     parts = {
-        name: build_split(connection, source, getattr(split, name), config.data, seed=seed,
-                          cache_dir=cache_dir, on_cutoff=on_cutoff)
+        name: build_split(
+            connection,
+            source,
+            getattr(split, name),
+            config.data,
+            seed=seed,
+            cache_dir=cache_dir,
+            on_cutoff=on_cutoff,
+            # evaluation always sees the whole population
+            max_profiles_per_cutoff=config.data.max_profiles_per_cutoff if name == "train" else 0,
+        )
         for name in ("train", "validation", "test")
-    }  # fmt: skip
+    }
     fingerprint = store_fingerprint(connection)
-    return Splits(split, parts["train"], parts["validation"], parts["test"], first_event,
-                  min(last_event, until), until, fingerprint,
-                  time.perf_counter() - started)  # fmt: skip
+    return Splits(
+        split,
+        parts["train"],
+        parts["validation"],
+        parts["test"],
+        first_event,
+        min(last_event, until),
+        until,
+        fingerprint,
+        time.perf_counter() - started,
+    )
 
 
 def validation_metrics(trained: TrainedModel, validation: ExampleSet) -> dict[str, float]:
@@ -165,8 +182,13 @@ def run_training(
     """Build (or reuse) the split, train, evaluate against the baselines, log and register."""
     if splits is None:
         with open_events(ws) as connection:
-            splits = build_splits(connection, config, until, ws.root / "cache" / "examples",
-                                  on_cutoff=_cutoff_logger(progress))  # fmt: skip
+            splits = build_splits(
+                connection,
+                config,
+                until,
+                ws.root / "cache" / "examples",
+                on_cutoff=_cutoff_logger(progress),
+            )
     truth = SimulatorTruth.load(truth_path) if truth_path is not None else None
     if not log_to_mlflow:
         return _train_and_evaluate(splits, config, truth, progress, on_epoch, evaluate_test)
@@ -177,8 +199,9 @@ def run_training(
 
     registry.use_workspace(ws, experiment)
     with mlflow.start_run(run_name=run_name, nested=nested) as run:
-        mlflow.set_tags({"kairos.stage": "train",
-                         "kairos.source": type(profile_source(splits.until)).__name__})  # fmt: skip
+        mlflow.set_tags(
+            {"kairos.stage": "train", "kairos.source": type(profile_source(splits.until)).__name__}
+        )
         mlflow.log_params({**config.flat(), **splits.params()})
         if truth_path is not None:
             mlflow.log_param("kairos.truth", str(truth_path))
@@ -188,22 +211,27 @@ def run_training(
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
 
-        result = _train_and_evaluate(splits, config, truth, progress, epoch_callback,
-                                     evaluate_test)  # fmt: skip
+        result = _train_and_evaluate(splits, config, truth, progress, epoch_callback, evaluate_test)
         trained = result.trained
-        mlflow.log_metrics({f"validation.{k}": v for k, v in result.validation_metrics.items()
-                            if np.isfinite(v)})  # fmt: skip
-        mlflow.log_metrics({
-            "train.examples_per_second": trained.examples_per_second,
-            "train.seconds": trained.train_seconds,
-            "data.build_seconds": splits.build_seconds,
-            "train.best_epoch": trained.best_epoch,
-        })  # fmt: skip
-        mlflow.set_tag("kairos.engagement_head", "trained" if trained.engagement_trained
-                       else "untrained: no logged sends")  # fmt: skip
+        mlflow.log_metrics(
+            {f"validation.{k}": v for k, v in result.validation_metrics.items() if np.isfinite(v)}
+        )
+        mlflow.log_metrics(
+            {
+                "train.examples_per_second": trained.examples_per_second,
+                "train.seconds": trained.train_seconds,
+                "data.build_seconds": splits.build_seconds,
+                "train.best_epoch": trained.best_epoch,
+            }
+        )
+        mlflow.set_tag(
+            "kairos.engagement_head",
+            "trained" if trained.engagement_trained else "untrained: no logged sends",
+        )
         _log_evaluation(result, splits)
-        bundle = registry.ModelBundle(trained.model, trained.spec, trained.calibrator, config,
-                                      trained.engagement_trained)  # fmt: skip
+        bundle = registry.ModelBundle(
+            trained.model, trained.spec, trained.calibrator, config, trained.engagement_trained
+        )
         example = registry.model_frame(splits.validation, np.arange(min(3, len(splits.validation))))
         name = config.evaluation.registered_model if register else None
         info = registry.log_model(bundle, example, name)
@@ -213,9 +241,12 @@ def run_training(
             metric = config.evaluation.champion_metric.removeprefix("intent_")
             key = f"intent_{metric}"
             result.promoted, result.champion_before = registry.promote_if_better(
-                name, result.model_version, key, result.validation_metrics[key],
+                name,
+                result.model_version,
+                key,
+                result.validation_metrics[key],
                 higher_is_better=key.endswith("roc_auc"),
-            )  # fmt: skip
+            )
             mlflow.set_tag("kairos.promoted_to_champion", str(result.promoted).lower())
     return result
 
@@ -239,15 +270,21 @@ def _train_and_evaluate(
 def evaluate_model(
     trained: TrainedModel, splits: Splits, config: TrainConfig, truth: SimulatorTruth | None
 ) -> Evaluation:
-    baselines = fit_intent_baselines(splits.train, splits.validation, config.data.horizon_days,
-                                     seed=config.optim.seed)  # fmt: skip
-    predictions = infer(trained.model, splits.test, trained.spec, trained.calibrator,
-                        curves=True)  # fmt: skip
+    baselines = fit_intent_baselines(
+        splits.train, splits.validation, config.data.horizon_days, seed=config.optim.seed
+    )
+    predictions = infer(trained.model, splits.test, trained.spec, trained.calibrator, curves=True)
     evaluation = evaluate(
-        splits.test, predictions, baselines, splits.train.sends, config.data.horizon_days,
-        truth=truth, engagement_trained=trained.engagement_trained,
-        resamples=config.evaluation.bootstrap_resamples, seed=config.optim.seed,
-    )  # fmt: skip
+        splits.test,
+        predictions,
+        baselines,
+        splits.train.sends,
+        config.data.horizon_days,
+        truth=truth,
+        engagement_trained=trained.engagement_trained,
+        resamples=config.evaluation.bootstrap_resamples,
+        seed=config.optim.seed,
+    )
     evaluation.curves["predictions"] = predictions
     return evaluation
 
@@ -262,8 +299,9 @@ def _log_evaluation(result: TrainingResult, splits: Splits) -> None:
     with tempfile.TemporaryDirectory(prefix="kairos-eval-") as tmp:
         folder = Path(tmp)
         evaluation.table().to_csv(folder / "evaluation.csv", index=False)
-        (folder / "evaluation.json").write_text(json.dumps(evaluation.as_json(), indent=2,
-                                                           default=float))  # fmt: skip
+        (folder / "evaluation.json").write_text(
+            json.dumps(evaluation.as_json(), indent=2, default=float)
+        )
         mlflow.log_artifacts(str(folder), artifact_path="evaluation")
         predictions = evaluation.curves.get("predictions")
         if predictions is not None:
@@ -302,16 +340,24 @@ def run_evaluation(
         truth_path = candidate if candidate.exists() else None
     bundle, _ = registry.load_bundle(registry.run_bundle_uri(run_id))
     with open_events(ws) as connection:
-        splits = build_splits(connection, config, until, ws.root / "cache" / "examples",
-                              on_cutoff=_cutoff_logger(progress))  # fmt: skip
+        splits = build_splits(
+            connection,
+            config,
+            until,
+            ws.root / "cache" / "examples",
+            on_cutoff=_cutoff_logger(progress),
+        )
     if splits.fingerprint != params.get("kairos.store_fingerprint", splits.fingerprint):
-        logger.warning("the event store changed since run %s was trained; evaluating on the "
-                       "current events", run_id)  # fmt: skip
+        logger.warning(
+            "the event store changed since run %s was trained; evaluating on the current events",
+            run_id,
+        )
     from training.datasets import attach_static
 
     attach_static(splits.test, bundle.spec)
-    trained = TrainedModel(bundle.model, bundle.spec, bundle.calibrator, config,
-                           bundle.engagement_trained)  # fmt: skip
+    trained = TrainedModel(
+        bundle.model, bundle.spec, bundle.calibrator, config, bundle.engagement_trained
+    )
     truth = SimulatorTruth.load(truth_path) if truth_path is not None else None
     evaluation = evaluate_model(trained, splits, config, truth)
     result = TrainingResult(run_id, None, False, None, trained, evaluation, {}, splits)

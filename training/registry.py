@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,12 +38,25 @@ def use_workspace(ws: Workspace, experiment: str = DEFAULT_EXPERIMENT) -> str:
     """Point MLflow at the workspace's SQLite store; create the experiment with its artifacts
     under the workspace (not ./mlruns). Returns the experiment id."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     from kairos.workspace import disable_telemetry
 
     disable_telemetry()
     mlflow.set_tracking_uri(ws.mlflow_tracking_uri)
     mlflow.set_registry_uri(ws.mlflow_tracking_uri)
+    outer = os.environ.get("MLFLOW_RUN_ID")
+    if outer:  # started by `mlflow run`: log into that run if it lives in this store
+        try:
+            mlflow.MlflowClient().get_run(outer)
+        except MlflowException:
+            logger.warning(
+                "`mlflow run` created run %s in another tracking store; logging a separate "
+                "run in the workspace store %s (set MLFLOW_TRACKING_URI to it to log into one)",
+                outer,
+                ws.mlflow_tracking_uri,
+            )
+            os.environ.pop("MLFLOW_RUN_ID")
     existing = mlflow.get_experiment_by_name(experiment)
     if existing is not None:
         experiment_id = existing.experiment_id
@@ -73,12 +87,17 @@ class ModelBundle:
 
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(self.model.state_dict(), folder / "model.pt")
-        (folder / "model.json").write_text(json.dumps({
-            "config": self.config.as_dict(),
-            "spec": self.spec.as_dict(),
-            "calibrator": {"scale": self.calibrator.scale, "shift": self.calibrator.shift},
-            "engagement_trained": self.engagement_trained,
-        }, indent=2))  # fmt: skip
+        (folder / "model.json").write_text(
+            json.dumps(
+                {
+                    "config": self.config.as_dict(),
+                    "spec": self.spec.as_dict(),
+                    "calibrator": {"scale": self.calibrator.scale, "shift": self.calibrator.shift},
+                    "engagement_trained": self.engagement_trained,
+                },
+                indent=2,
+            )
+        )
         return folder
 
     @classmethod
@@ -90,10 +109,13 @@ class ModelBundle:
         if missing:
             raise FileNotFoundError(f"model bundle {folder} lacks {', '.join(missing)}")
         meta = json.loads((folder / "model.json").read_text())
-        config = build_config(overrides={
-            f"{section}.{key}": value
-            for section, values in meta["config"].items() for key, value in values.items()
-        })  # fmt: skip
+        config = build_config(
+            overrides={
+                f"{section}.{key}": value
+                for section, values in meta["config"].items()
+                for key, value in values.items()
+            }
+        )
         spec = FeatureSpec.from_dict(meta["spec"])
         model = KairosModel(config.model, spec.vocabulary_size, spec.category_buckets, spec.width)
         model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
@@ -105,9 +127,13 @@ class ModelBundle:
 def model_frame(examples: ExampleSet, rows: np.ndarray | None = None) -> pd.DataFrame:
     """The pyfunc input: one row per profile, aggregates as columns, arrays as lists."""
     rows = np.arange(len(examples)) if rows is None else rows
-    frame = examples.profiles.iloc[rows].drop(
-        columns=[c for c in ("ordered", "label_profile_id") if c in examples.profiles.columns]
-    ).reset_index(drop=True)
+    frame = (
+        examples.profiles.iloc[rows]
+        .drop(
+            columns=[c for c in ("ordered", "label_profile_id") if c in examples.profiles.columns]
+        )
+        .reset_index(drop=True)
+    )
     for column in frame.columns:
         if pd.api.types.is_datetime64_any_dtype(frame[column]):
             frame[column] = frame[column].astype("datetime64[us]")
@@ -129,13 +155,15 @@ def model_frame(examples: ExampleSet, rows: np.ndarray | None = None) -> pd.Data
 
 def examples_from_frame(frame: pd.DataFrame) -> ExampleSet:
     """Inverse of :func:`model_frame` (what the pyfunc does with its input)."""
-    missing = [c for c in (*SEQUENCE_ARRAYS, "activity", "profile_id", "cutoff")
-               if c not in frame.columns]  # fmt: skip
+    missing = [
+        c for c in (*SEQUENCE_ARRAYS, "activity", "profile_id", "cutoff") if c not in frame.columns
+    ]
     if missing:
-        raise ValueError(f"model input lacks column(s) {', '.join(missing)}; have: "
-                         f"{', '.join(map(str, frame.columns))}")  # fmt: skip
-    dtypes = {"tokens": np.int32, "hour_of_week": np.int32, "category": np.int32,
-              "mask": bool}  # fmt: skip
+        raise ValueError(
+            f"model input lacks column(s) {', '.join(missing)}; have: "
+            f"{', '.join(map(str, frame.columns))}"
+        )
+    dtypes = {"tokens": np.int32, "hour_of_week": np.int32, "category": np.int32, "mask": bool}
     arrays = {
         name: np.array([np.asarray(v) for v in frame[name]], dtype=dtypes.get(name, np.float32))
         for name in SEQUENCE_ARRAYS
@@ -144,13 +172,19 @@ def examples_from_frame(frame: pd.DataFrame) -> ExampleSet:
         [np.asarray(v) for v in frame["activity"]], dtype=np.float32
     ).reshape(len(frame), 2, HOURS_PER_WEEK)
     arrays["reached"] = np.stack(
-        [frame.get(f"reached_{c}", pd.Series(True, index=frame.index)).to_numpy(bool)
-         for c in CHANNELS], axis=1,
-    )  # fmt: skip
+        [
+            frame.get(f"reached_{c}", pd.Series(True, index=frame.index)).to_numpy(bool)
+            for c in CHANNELS
+        ],
+        axis=1,
+    )
     array_columns = [*SEQUENCE_ARRAYS, "activity", *(f"reached_{c}" for c in CHANNELS)]
     profiles = frame.drop(columns=[c for c in array_columns if c in frame.columns])
-    return ExampleSet(profiles.reset_index(drop=True), arrays,
-                      pd.DataFrame({"row": pd.Series([], dtype=np.int64)}))  # fmt: skip
+    return ExampleSet(
+        profiles.reset_index(drop=True),
+        arrays,
+        pd.DataFrame({"row": pd.Series([], dtype=np.int64)}),
+    )
 
 
 def _pyfunc_class():
@@ -178,9 +212,9 @@ def log_epoch(metrics: dict[str, float], epoch: int, prefix: str = "") -> None:
     import mlflow
 
     mlflow.log_metrics(
-        {f"{prefix}{k}": float(v) for k, v in metrics.items() if k != "epoch"
-         and np.isfinite(v)}, step=epoch,
-    )  # fmt: skip
+        {f"{prefix}{k}": float(v) for k, v in metrics.items() if k != "epoch" and np.isfinite(v)},
+        step=epoch,
+    )
 
 
 def log_model(
@@ -232,12 +266,24 @@ def promote_if_better(
     if better and np.isfinite(value):
         client.set_registered_model_alias(name, CHAMPION, version)
         client.set_model_version_tag(name, version, "promoted", "true")
-        logger.info("model %s version %s is the new champion (%s %.4f, was %s)",
-                    name, version, metric, value, previous)  # fmt: skip
+        logger.info(
+            "model %s version %s is the new champion (%s %.4f, was %s)",
+            name,
+            version,
+            metric,
+            value,
+            previous,
+        )
         return True, previous
     client.set_model_version_tag(name, version, "promoted", "false")
-    logger.info("model %s version %s not promoted: %s %.4f vs champion %.4f",
-                name, version, metric, value, previous)  # fmt: skip
+    logger.info(
+        "model %s version %s not promoted: %s %.4f vs champion %.4f",
+        name,
+        version,
+        metric,
+        value,
+        previous,
+    )
     return False, previous
 
 

@@ -26,9 +26,16 @@ from training.train import infer
 # engagement_tier from the best channel's P(engage) at the best hour
 TIER_THRESHOLDS = (("high", 0.25), ("medium", 0.10), ("low", 0.0))
 SCORE_COLUMNS = (
-    "profile_id", "p_convert", "best_hour_of_week", *(f"p_engage_{c}" for c in CHANNELS),
-    "engagement_tier", "history_events", "hour_evidence", "send_window_source", "model_version",
-)  # fmt: skip
+    "profile_id",
+    "p_convert",
+    "best_hour_of_week",
+    *(f"p_engage_{c}" for c in CHANNELS),
+    "engagement_tier",
+    "history_events",
+    "hour_evidence",
+    "send_window_source",
+    "model_version",
+)
 
 
 def score_examples(bundle, examples: ExampleSet, model_version: str) -> pd.DataFrame:
@@ -43,8 +50,9 @@ def score_examples(bundle, examples: ExampleSet, model_version: str) -> pd.DataF
         best_hour = predictions.best_hour
         p_engage = np.where(reached, predictions.p_engage_at_best, np.nan)
         source = np.where(evidence > 0, "engagement_model", "population_prior")
-        best_channel = np.where(reached.any(axis=1), np.nanmax(
-            np.where(reached, p_engage, -1.0), axis=1), np.nan)  # fmt: skip
+        best_channel = np.where(
+            reached.any(axis=1), np.nanmax(np.where(reached, p_engage, -1.0), axis=1), np.nan
+        )
         tier = np.full(len(examples), "unreachable", dtype=object)
         for name, threshold in reversed(TIER_THRESHOLDS):
             tier[np.isfinite(best_channel) & (best_channel >= threshold)] = name
@@ -62,17 +70,19 @@ def score_examples(bundle, examples: ExampleSet, model_version: str) -> pd.DataF
         if "events_total" in examples.profiles.columns
         else examples.arrays["mask"].sum(axis=1)
     )
-    frame = pd.DataFrame({
-        "profile_id": examples.profiles["profile_id"].to_numpy(),
-        "p_convert": predictions.p_intent,
-        "best_hour_of_week": best_hour.astype(np.int64),
-        **{f"p_engage_{c}": p_engage[:, i] for i, c in enumerate(CHANNELS)},
-        "engagement_tier": tier.astype(str),
-        "history_events": history,
-        "hour_evidence": np.round(evidence, 3),
-        "send_window_source": source.astype(str),
-        "model_version": model_version,
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "profile_id": examples.profiles["profile_id"].to_numpy(),
+            "p_convert": predictions.p_intent,
+            "best_hour_of_week": best_hour.astype(np.int64),
+            **{f"p_engage_{c}": p_engage[:, i] for i, c in enumerate(CHANNELS)},
+            "engagement_tier": tier.astype(str),
+            "history_events": history,
+            "hour_evidence": np.round(evidence, 3),
+            "send_window_source": source.astype(str),
+            "model_version": model_version,
+        }
+    )
     return frame
 
 

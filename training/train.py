@@ -98,9 +98,10 @@ def fit(
             "send window falls back to each profile's activity hours"
         )
     trainable = [
-        p for name, p in model.named_parameters()
+        p
+        for name, p in model.named_parameters()
         if engagement_trained or not name.startswith("send_window.")
-    ]  # fmt: skip
+    ]
     optimizer = torch.optim.AdamW(
         trainable, lr=optim.learning_rate, weight_decay=optim.weight_decay
     )
@@ -127,8 +128,9 @@ def fit(
             running, seen = 0.0, 0
             for first in range(0, len(order), optim.batch_size):
                 rows = order[first : first + optim.batch_size]
-                loss = _batch_loss(model, train, spec, rows, optim.engagement_weight,
-                                   engagement_trained)  # fmt: skip
+                loss = _batch_loss(
+                    model, train, spec, rows, optim.engagement_weight, engagement_trained
+                )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(trainable, optim.gradient_clip)
@@ -139,16 +141,22 @@ def fit(
                 bar.step(f"epoch {epoch}/{optim.epochs} loss {running / seen:.4f}")
             train_seconds += time.perf_counter() - started
             trained_examples += seen
-            metrics = {"train_loss": running / seen,
-                       **_validation_metrics(model, validation, spec, optim.engagement_weight,
-                                             engagement_trained)}  # fmt: skip
+            metrics = {
+                "train_loss": running / seen,
+                **_validation_metrics(
+                    model, validation, spec, optim.engagement_weight, engagement_trained
+                ),
+            }
             metrics["epoch"] = epoch
             history.append(metrics)
             bar.note(
                 f"epoch {epoch}: train loss {metrics['train_loss']:.4f}, validation loss "
                 f"{metrics['val_loss']:.4f}, intent AUC {metrics['val_intent_roc_auc']:.4f}"
-                + (f", engagement log loss {metrics['val_engagement_log_loss']:.4f}"
-                   if engagement_trained else "")  # fmt: skip
+                + (
+                    f", engagement log loss {metrics['val_engagement_log_loss']:.4f}"
+                    if engagement_trained
+                    else ""
+                )
             )
             if metrics["val_loss"] < best_loss - 1e-5:
                 best_loss, best_epoch, stale = metrics["val_loss"], epoch, 0
@@ -165,11 +173,16 @@ def fit(
     raw = infer_intent(model, validation, spec)
     calibrator = PlattCalibrator.fit(validation.profiles["ordered"].to_numpy(float), raw)
     return TrainedModel(
-        model=model, spec=spec, calibrator=calibrator, config=config,
-        engagement_trained=engagement_trained, history=history, best_epoch=best_epoch,
+        model=model,
+        spec=spec,
+        calibrator=calibrator,
+        config=config,
+        engagement_trained=engagement_trained,
+        history=history,
+        best_epoch=best_epoch,
         train_seconds=train_seconds,
         examples_per_second=trained_examples / max(train_seconds, 1e-9),
-    )  # fmt: skip
+    )
 
 
 def _batch_loss(
@@ -265,8 +278,9 @@ def infer(
         hour_score = logits.mean(dim=1)  # the hour term is shared by the channels
         best = hour_score.argmax(dim=1)
         best_hour[rows] = best.numpy()
-        best_by_day[rows] = (hour_score.view(-1, 7, 24).argmax(dim=2)
-                             + 24 * torch.arange(7)).numpy()  # fmt: skip
+        best_by_day[rows] = (
+            hour_score.view(-1, 7, 24).argmax(dim=2) + 24 * torch.arange(7)
+        ).numpy()
         probabilities = torch.sigmoid(logits)
         at_best[rows] = probabilities[torch.arange(len(rows)), :, best].numpy()
         evidence[rows] = model.send_window.density(batch["activity"])[1].numpy()
@@ -280,10 +294,15 @@ def infer(
                 torch.from_numpy(send_hour[index]),
             ].numpy()
     return Predictions(
-        p_intent_raw=p_raw, p_intent=calibrator(p_raw), best_hour=best_hour,
-        best_hour_by_day=best_by_day, p_engage_at_best=at_best, hour_evidence=evidence,
-        send_probability=send_probability, curves=all_curves,
-    )  # fmt: skip
+        p_intent_raw=p_raw,
+        p_intent=calibrator(p_raw),
+        best_hour=best_hour,
+        best_hour_by_day=best_by_day,
+        p_engage_at_best=at_best,
+        hour_evidence=evidence,
+        send_probability=send_probability,
+        curves=all_curves,
+    )
 
 
 class _EpochProgress:
@@ -316,9 +335,13 @@ class _RichProgress:
 
         self.steps = steps
         self.progress = Progress(
-            "{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=Console(stderr=True), transient=False,
-        )  # fmt: skip
+            "{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
 
     def __enter__(self) -> _EpochProgress:
         self.progress.__enter__()

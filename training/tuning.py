@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -38,8 +39,9 @@ def suggest(trial: Any) -> dict[str, Any]:
         "optim.learning_rate": trial.suggest_float("optim.learning_rate", 3e-4, 5e-3, log=True),
         "optim.weight_decay": trial.suggest_float("optim.weight_decay", 1e-6, 1e-2, log=True),
         "optim.batch_size": trial.suggest_categorical("optim.batch_size", [256, 512, 1024]),
-        "optim.engagement_weight": trial.suggest_float("optim.engagement_weight", 0.3, 3.0,
-                                                       log=True),  # fmt: skip
+        "optim.engagement_weight": trial.suggest_float(
+            "optim.engagement_weight", 0.3, 3.0, log=True
+        ),
     }
     if encoder == "transformer":
         params["model.heads"] = trial.suggest_categorical("model.heads", [2, 4])
@@ -92,6 +94,7 @@ def run_tuning(
     )
 
     with mlflow.start_run(run_name=f"tune-{study_name}") as parent:
+        os.environ.pop("MLFLOW_RUN_ID", None)  # the tuned model gets a run of its own
         mlflow.set_tags({"kairos.stage": "tune", "kairos.study": study_name})
         mlflow.log_params({**base.flat(), **splits.params(), "kairos.trials": trials})
 
@@ -115,8 +118,7 @@ def run_tuning(
                         raise TrainingStopped(f"pruned at epoch {epoch}")
 
                 try:
-                    fit(splits.train, splits.validation, config, on_epoch=on_epoch,
-                        progress=False)  # fmt: skip
+                    fit(splits.train, splits.validation, config, on_epoch=on_epoch, progress=False)
                 except TrainingStopped as stopped:
                     mlflow.set_tag("kairos.pruned", "true")
                     mlflow.log_metric("validation.best_loss", best)
@@ -126,8 +128,7 @@ def run_tuning(
                     _say(f"trial {trial.number}: validation loss {best:.4f} ({overrides})")
                 return best
 
-        study.optimize(objective, n_trials=trials, timeout=timeout_seconds,
-                       catch=(RuntimeError,))  # fmt: skip
+        study.optimize(objective, n_trials=trials, timeout=timeout_seconds, catch=(RuntimeError,))
         completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
         if not completed:
@@ -143,14 +144,29 @@ def run_tuning(
 
     final = None
     if train_best:
-        final = run_training(ws, best_config, until=until, truth_path=truth_path,
-                             experiment=experiment, progress=progress, splits=splits,
-                             run_name=f"tuned-{study_name}")  # fmt: skip
+        final = run_training(
+            ws,
+            best_config,
+            until=until,
+            truth_path=truth_path,
+            experiment=experiment,
+            progress=progress,
+            splits=splits,
+            run_name=f"tuned-{study_name}",
+        )
         if final.run_id:
             mlflow.MlflowClient().set_tag(final.run_id, "kairos.tuned_by", parent_id)
-    return TuningResult(study_name, len(study.trials), len(completed), len(pruned),
-                        float(study.best_value), best_params, config_path, parent_id,
-                        final)  # fmt: skip
+    return TuningResult(
+        study_name,
+        len(study.trials),
+        len(completed),
+        len(pruned),
+        float(study.best_value),
+        best_params,
+        config_path,
+        parent_id,
+        final,
+    )
 
 
 def _say(message: str) -> None:

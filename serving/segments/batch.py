@@ -393,6 +393,7 @@ class _Run:
         self.scores = f"{self.prefix}_scores"
         self.tests_table = f"{self.prefix}_tests"
         self.members = f"{self.prefix}_members"
+        self.keys = f"{self.prefix}_keys"  # profile_id text -> the integer key used inside
         self.node_tables: dict[ir.Node, tuple[str, bool]] = {}  # node -> (flips relation, v0)
         # Timelines only for members (entered_at): node -> bit mask of the segments using it.
         self.restrict: dict[ir.Node, int] | None = None
@@ -453,12 +454,33 @@ class _Run:
             else ""
         )
         self.step("reading profile events")
+        # Profiles are keyed by a 64-bit hash of profile_id inside the evaluation (sorting and
+        # grouping integers is much cheaper than text); a collision, however unlikely, is
+        # detected and then dense keys are used instead.
+        cutoff = f"timestamp <= {_timestamp_literal(self.at)} AND profile_id IS NOT NULL"
+        self.create(
+            "TABLE",
+            self.keys,
+            f"SELECT name, hash(name) AS profile_id FROM (SELECT DISTINCT profile_id AS name "
+            f"FROM {self.source} WHERE {cutoff})",
+        )
+        collisions = self.connection.sql(
+            f"SELECT count(*) - count(DISTINCT profile_id) FROM {self.keys}"
+        ).fetchall()[0][0]
+        if collisions:  # pragma: no cover - about 1 in 10^7 for a million profiles
+            self.create(
+                "TABLE",
+                self.keys,
+                f"SELECT name, (row_number() OVER ())::UBIGINT AS profile_id FROM {self.keys}",
+            )
+            key, join = "k.profile_id", f" e JOIN {self.keys} k ON e.profile_id = k.name"
+        else:
+            key, join = "hash(profile_id)", ""
         self.create(
             "TABLE",
             self.events,
-            f"SELECT profile_id, epoch_us(timestamp) AS ts, event{extra}{amount} "
-            f"FROM {self.source} WHERE timestamp <= {_timestamp_literal(self.at)} "
-            "AND profile_id IS NOT NULL",
+            f"SELECT {key} AS profile_id, epoch_us(timestamp) AS ts, event{extra}{amount} "
+            f"FROM {self.source}{join} WHERE {cutoff}",
         )
         if score_tests:
             used = sorted(
@@ -475,15 +497,15 @@ class _Run:
                     "give one row per profile"
                 )
             cleaned = ", ".join(
-                f"CASE WHEN isnan({_ident(c)}::DOUBLE) THEN NULL ELSE {_ident(c)}::DOUBLE END "
+                f"CASE WHEN isnan(s.{_ident(c)}::DOUBLE) THEN NULL ELSE s.{_ident(c)}::DOUBLE END "
                 f"AS {_ident(c)}"
                 for c in used
             )
             self.create(
                 "TABLE",
                 self.scores,
-                f"SELECT profile_id, {cleaned} FROM {self.scores_relation} "
-                "WHERE profile_id IS NOT NULL",
+                f"SELECT k.profile_id, {cleaned} FROM {self.scores_relation} s "
+                f"JOIN {self.keys} k ON s.profile_id = k.name",
             )
 
     # --- Membership at the cutoff ----------------------------------------------------------
@@ -670,7 +692,9 @@ class _Run:
         if not parts:
             return MEMBERSHIP_SCHEMA.empty_table()
         table = self.connection.sql(
-            " UNION ALL ".join(f"({p})" for p in parts) + " ORDER BY segment, profile_id"
+            f"SELECT k.name AS profile_id, x.segment, x.entered_at FROM "
+            f"({' UNION ALL '.join(f'({p})' for p in parts)}) x JOIN {self.keys} k "
+            "USING (profile_id) ORDER BY x.segment, k.name"
         ).to_arrow_table()
         return table.cast(MEMBERSHIP_SCHEMA)
 
@@ -766,7 +790,8 @@ class _Run:
         )
         union = " UNION ALL ".join(f"({p})" for p in parts)
         return self.connection.sql(
-            f"WITH {ctes}\nSELECT * FROM ({union}) ORDER BY {order}"
+            f"WITH {ctes}\nSELECT * FROM (SELECT k.name AS profile_id, x.* EXCLUDE (profile_id) "
+            f"FROM ({union}) x JOIN {self.keys} k USING (profile_id)) ORDER BY {order}"
         ).to_arrow_table()
 
     def _use(self, cte: str) -> None:
@@ -806,7 +831,7 @@ class _Run:
             body = self._sweep(deltas, f"{base} + ", condition, v0)
         else:  # Const
             v0 = bool(node.value)
-            body = "SELECT NULL::VARCHAR AS profile_id, 0::BIGINT AS t, false AS v WHERE false"
+            body = "SELECT NULL::UBIGINT AS profile_id, 0::BIGINT AS t, false AS v WHERE false"
         self.node_tables[key] = (self._cte(body), v0)
         return self.node_tables[key]
 
