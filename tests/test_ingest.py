@@ -379,3 +379,21 @@ def test_killed_ingest_leaves_a_consistent_store_that_a_rerun_completes(tmp_path
         report = ingest_file(store, path, IngestOptions(batch_size=2000))
         assert (report.accepted, report.duplicate) == (count - stored, stored)
         assert store.count() == count
+
+
+def test_vectorised_path_stores_what_the_reference_path_stores(tmp_path: Path) -> None:
+    lines = [good(i) for i in range(40)] + [b"{bad", good(3), {**good(50), "type": "shout"}]
+    lines += [{**good(60), "event": "order_completed", "context": {"traits": {"email": "X@Y.io"}}}]
+    path = write_lines(tmp_path / "e.jsonl", lines)
+    stored = []
+    for vectorised in (False, True):
+        with EventStore(tmp_path / f"store-{vectorised}.duckdb") as store:
+            report = ingest_file(store, path, IngestOptions(vectorised=vectorised, batch_size=16))
+            rows = store_rows(store)
+            dead = store.query("SELECT position, reason FROM dead_letters ORDER BY 1").to_pylist()
+        for row in rows:
+            row["properties"] = json.loads(row["properties"]) if row["properties"] else None
+            row["traits"] = json.loads(row["traits"]) if row["traits"] else None
+        stored.append((report.as_dict() | {"seconds": 0, "events_per_second": 0}, rows, dead))
+    assert stored[0][0]["accepted"] == 41
+    assert stored[1] == stored[0]
