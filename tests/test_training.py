@@ -351,6 +351,9 @@ def test_mlflow_run_train_entry_point(world, tmp_path: Path, monkeypatch) -> Non
         "KAIROS_HOME": str(ws.root),
         "MLFLOW_TRACKING_URI": ws.mlflow_tracking_uri,
     }
+    # An experiment chosen by an earlier test in this process must not leak into `mlflow run`.
+    env.pop("MLFLOW_EXPERIMENT_ID", None)
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
     mlflow_cli = Path(sys.executable).parent / "mlflow"
     completed = subprocess.run(
         [
