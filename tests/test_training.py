@@ -354,6 +354,8 @@ def test_mlflow_run_train_entry_point(world, tmp_path: Path, monkeypatch) -> Non
     # An experiment chosen by an earlier test in this process must not leak into `mlflow run`.
     env.pop("MLFLOW_EXPERIMENT_ID", None)
     env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    # The entry point calls `kairos`: the one installed beside this interpreter.
+    env["PATH"] = f"{Path(sys.executable).parent}{__import__('os').pathsep}{env.get('PATH', '')}"
     mlflow_cli = Path(sys.executable).parent / "mlflow"
     completed = subprocess.run(
         [
