@@ -27,7 +27,7 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving.segments.batch import evaluate_batch, profile_events_of
+from serving.segments.batch import evaluate_batch
 from serving.segments.incremental import SegmentEngine
 from serving.segments.library import load_library
 
@@ -99,7 +99,14 @@ def cpu_seconds() -> float:
 
 def bench_batch(connection, library, entered_at: bool) -> tuple[float, float, int, dict]:
     started, cpu = time.perf_counter(), cpu_seconds()
-    result = evaluate_batch(connection, "profile_events", library, AT, entered_at=entered_at)
+
+    def step(name: str) -> None:  # progress on stderr, for long runs
+        wall, used = time.perf_counter() - started, cpu_seconds() - cpu
+        print(f"  {wall:7.1f} s wall {used:7.1f} s CPU  {name}", file=sys.stderr, flush=True)
+
+    result = evaluate_batch(
+        connection, "profile_events", library, AT, entered_at=entered_at, on_step=step
+    )
     return (
         time.perf_counter() - started,
         cpu_seconds() - cpu,
@@ -109,14 +116,24 @@ def bench_batch(connection, library, entered_at: bool) -> tuple[float, float, in
 
 
 def bench_incremental(connection, library, sample: int) -> dict:
-    ids = [
-        row[0]
-        for row in connection.sql(
-            "SELECT DISTINCT profile_id FROM profile_events "
-            f"ORDER BY hash(profile_id) LIMIT {sample}"
-        ).fetchall()
-    ]
-    streams = [profile_events_of(connection, "profile_events", pid, AT) for pid in ids]
+    rows = (
+        connection.sql(
+            f"""
+        SELECT * FROM profile_events
+        WHERE profile_id IN (SELECT DISTINCT profile_id FROM profile_events
+                             ORDER BY hash(profile_id) LIMIT {sample})
+          AND timestamp <= $at
+        ORDER BY profile_id, timestamp
+        """,
+            params={"at": AT},
+        )
+        .to_arrow_table()
+        .to_pylist()
+    )
+    by_profile: dict[str, list[dict]] = {}
+    for row in rows:
+        by_profile.setdefault(row["profile_id"], []).append(row)
+    ids, streams = list(by_profile), list(by_profile.values())
     engine = SegmentEngine(library)
     per_event = []
     events = 0
@@ -162,6 +179,7 @@ def main() -> None:
     started = time.perf_counter()
     events = generate(connection, args.profiles, args.events_per_profile, args.days)
     generated = time.perf_counter() - started
+    print(f"generated {events:,} events in {generated:.1f} s", file=sys.stderr, flush=True)
     library = load_library()
     report = {
         "profiles": args.profiles,

@@ -6,11 +6,15 @@ scores (``profile_id`` plus ``SCORE_COLUMNS``). Only events with timestamp <= ``
 
 Two compilations of the same ``ir`` expressions:
 
-- *membership at the cutoff*: one aggregate pass per profile (each test is a filtered count or
-  sum over its window, or an ASOF join for sequences), then each segment's boolean expression;
+- *membership at the cutoff*: one aggregate pass over the events (a filtered count or sum per
+  test; "is there one in the window" tests share one max / min timestamp per filter; sequences
+  are two aggregates, or an ASOF join when the follow-up has a time limit), then each segment's
+  boolean expression;
 - *timelines* (``entered_at``): each test becomes the list of instants at which it flips, and
   ``all`` / ``any`` / ``not`` combine those lists with a sweep, so ``entered_at`` is the exact
-  start of the current membership, the same instant the incremental evaluator reports.
+  start of the current membership, the same instant the incremental evaluator reports. Each
+  node's timeline is built only for members of the segments that use it, and the tests on the
+  same events share one ordered pass.
 
 Top-percent thresholds are computed over the population at the cutoff (``score_thresholds``);
 the incremental evaluator takes the same numbers. All SQL of the segment layer lives here.
@@ -828,19 +832,18 @@ class _Run:
                 f"SELECT profile_id, t, CASE WHEN v THEN 1 ELSE -1 END AS dx FROM {flips}"
                 for flips, _ in children
             )
-            body = self._sweep(deltas, f"{base} + ", condition, v0)
+            body = self._sweep(deltas, f"{base} + ", condition)
         else:  # Const
             v0 = bool(node.value)
             body = "SELECT NULL::UBIGINT AS profile_id, 0::BIGINT AS t, false AS v WHERE false"
         self.node_tables[key] = (self._cte(body), v0)
         return self.node_tables[key]
 
-    def _sweep(self, deltas: str, base: str, condition: str, v0: bool) -> str:
+    def _sweep(self, deltas: str, base: str, condition: str) -> str:
         """Flips of `base + running sum of dx` `condition`, from delta rows (profile_id, t, dx).
 
         One ordered pass: the value just before an instant is the running sum minus that
         instant's own dx (the first instant of a profile sees `base`, i.e. v0)."""
-        del v0  # implied by base and condition
         return f"""
             WITH g AS (SELECT profile_id, t, sum(dx) AS dx FROM ({deltas}) GROUP BY profile_id, t),
             r AS (SELECT profile_id, t, dx, {base}sum(dx) OVER (PARTITION BY profile_id ORDER BY t
@@ -874,7 +877,7 @@ class _Run:
                 "UNION ALL SELECT profile_id, hi AS t, -1 AS dx FROM i "
                 f"WHERE lo < hi AND hi <= {at}"
             )
-            body = self._sweep(deltas, "", ">= 1", False)
+            body = self._sweep(deltas, "", ">= 1")
             return f"WITH i AS ({intervals}), " + body.strip().removeprefix("WITH "), False
         # Tally
         v0 = test.threshold <= 0 if test.op == ">=" else test.threshold >= 0
@@ -893,7 +896,7 @@ class _Run:
                 f" UNION ALL SELECT profile_id, ts + {test.start} AS t, -x AS dx FROM m "
                 f"WHERE ts + {test.start} <= {at}"
             )
-        body = self._sweep(deltas, "", f"{test.op} {test.threshold}", v0)
+        body = self._sweep(deltas, "", f"{test.op} {test.threshold}")
         return f"WITH m AS ({matches}), " + body.strip().removeprefix("WITH "), v0
 
     def _island_timeline(self, leaf: ir.Leaf, v0: bool) -> str:
