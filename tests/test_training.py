@@ -391,3 +391,30 @@ def test_mlflow_run_train_entry_point(world, tmp_path: Path, monkeypatch) -> Non
         and "test.intent.sequence_model.roc_auc" in r.data.metrics
         for r in runs
     )
+
+
+@pytest.mark.slow
+def test_tune_runs_nested_trials_and_trains_the_best_config(world, cli) -> None:
+    import mlflow
+
+    runner, app = cli
+    ws = open_workspace(world["ws"])
+    sets = [item for pair in (("--set", s) for s in TINY) for item in pair]
+    result = runner.invoke(
+        app,
+        ["tune", "--trials", "2", *sets, "--study", "smoke", "--json", "--workspace", str(ws.root)],
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["completed"] + out["pruned"] == 2 and out["completed"] >= 1
+    assert Path(out["config"]).exists()
+    assert (ws.root / "optuna.db").exists()
+    assert out["final"]["run_id"] and out["final"]["model_version"]
+    mlflow.set_tracking_uri(ws.mlflow_tracking_uri)
+    trials = mlflow.search_runs(
+        experiment_names=["kairos"],
+        filter_string=f"tags.mlflow.parentRunId = '{out['tune_run_id']}'",
+        output_format="list",
+    )
+    assert len(trials) == 2
+    assert all("val_loss" in t.data.metrics for t in trials)

@@ -44,6 +44,7 @@ class ModelConfig:
     layers: int = 2  # Transformer blocks or GRU layers
     heads: int = 4  # attention heads (Transformer only); must divide d_model
     dropout: float = 0.1  # dropout inside the encoder and on the joined hidden vector
+    static_bins: int = 16  # piecewise-linear encoding bins per aggregate; 0 = the raw values
     hour_smoothing: int = 2  # activity histogram smoothing: +- this many hours, learned weights
     prior_strength: float = 5.0  # initial pseudo-events of the population hour prior
 
@@ -56,6 +57,8 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.static_bins < 0 or self.static_bins == 1:
+            raise ValueError("model.static_bins must be 0 (off) or at least 2")
         if self.hour_smoothing < 0 or self.prior_strength <= 0:
             raise ValueError("model.hour_smoothing must be >= 0 and model.prior_strength > 0")
 
@@ -99,11 +102,18 @@ class CustomerEncoder(nn.Module):
                 dropout=config.dropout if config.layers > 1 else 0.0,
             )
         self.pool_query = nn.Parameter(torch.randn(d) / math.sqrt(d))
+        # Aggregates enter through a piecewise-linear encoding on training quantiles (Gorishniy,
+        # Rubachev & Babenko, 2022), which lets an MLP cut heavy-tailed counts the way trees do.
+        bins = config.static_bins
+        width = static_features * (bins + 1) if bins else static_features
         self.static = (
-            nn.Sequential(nn.Linear(static_features, d), nn.GELU(), nn.Linear(d, d))
+            nn.Sequential(nn.Linear(width, d), nn.GELU(), nn.Linear(d, d))
             if static_features
             else None
         )
+        # (F, bins + 1) bin edges per feature; set from the training data by the trainer.
+        edges = torch.linspace(-2, 2, bins + 1).repeat(static_features, 1) if bins else None
+        self.register_buffer("static_edges", edges)
         joined = (3 if static_features else 2) * d
         self.output = nn.Sequential(
             nn.LayerNorm(joined), nn.Linear(joined, d), nn.GELU(), nn.Dropout(config.dropout)
@@ -142,8 +152,18 @@ class CustomerEncoder(nn.Module):
         pooled = (weights.unsqueeze(-1) * h).sum(dim=1)  # (B, d)
         parts = [pooled, h[:, -1]]  # the newest event is always the last position
         if self.static is not None:
-            parts.append(self.static(batch["static"]))  # (B, d)
+            parts.append(self.static(self.encode_static(batch["static"])))  # (B, d)
         return self.output(torch.cat(parts, dim=-1))  # (B, d)
+
+    def encode_static(self, static: torch.Tensor) -> torch.Tensor:
+        """(B, F) -> (B, F * (bins + 1)): per bin the share of it below the value, plus the
+        value itself; (B, F) unchanged without bins."""
+        if self.static_edges is None:
+            return static
+        low, high = self.static_edges[:, :-1], self.static_edges[:, 1:]  # (F, K)
+        share = (static.unsqueeze(-1) - low) / (high - low).clamp_min(1e-6)  # (B, F, K)
+        encoded = torch.cat([share.clamp(0, 1), static.unsqueeze(-1)], dim=-1)  # (B, F, K+1)
+        return encoded.flatten(1)
 
 
 class SendWindowHead(nn.Module):
@@ -155,7 +175,11 @@ class SendWindowHead(nn.Module):
         d, width = config.d_model, 2 * config.hour_smoothing + 1
         self.smoothing = config.hour_smoothing
         self.channel = nn.Linear(d, channels)
-        self.hour_prior = nn.Parameter(torch.zeros(HOURS_PER_WEEK))
+        # Population engagement by hour of week: day + hour-of-day + a full-week interaction,
+        # so that sparse send logs still give a smooth prior.
+        self.prior_day = nn.Parameter(torch.zeros(7))
+        self.prior_hour_of_day = nn.Parameter(torch.zeros(24))
+        self.prior_week = nn.Parameter(torch.zeros(HOURS_PER_WEEK))
         offsets = torch.arange(width, dtype=torch.float32) - config.hour_smoothing
         self.kernel_logits = nn.Parameter(-0.5 * offsets**2)  # starts as a narrow Gaussian
         self.daily_share_logit = nn.Parameter(torch.tensor(-1.0))  # same hour, other days
@@ -191,12 +215,17 @@ class SendWindowHead(nn.Module):
         mixed = (1 - share) * weekly + share * daily + strength * self.activity_prior  # (B, 168)
         return mixed / (evidence + strength).unsqueeze(1), evidence
 
+    def hour_prior(self) -> torch.Tensor:
+        """(168,) the population's engagement logit offset by hour of week."""
+        day = self.prior_day.repeat_interleave(24)  # (168,)
+        return day + self.prior_hour_of_day.repeat(7) + self.prior_week
+
     def forward(self, hidden: torch.Tensor, activity: torch.Tensor) -> torch.Tensor:
         """-> (B, C, 168) engagement logits."""
         density, _ = self.density(activity)  # (B, 168)
         relative = torch.log(density.clamp_min(1e-8) * HOURS_PER_WEEK)  # 0 = a flat week
         hour = (
-            self.hour_prior + F.softplus(self.gain(hidden)) * relative + self.low_rank(hidden)
+            self.hour_prior() + F.softplus(self.gain(hidden)) * relative + self.low_rank(hidden)
         )  # (B, 168)
         return self.channel(hidden).unsqueeze(-1) + hour.unsqueeze(1)  # (B, C, 168)
 

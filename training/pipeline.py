@@ -238,8 +238,7 @@ def run_training(
         result.run_id = run.info.run_id
         if register:
             result.model_version = str(info.registered_model_version)
-            metric = config.evaluation.champion_metric.removeprefix("intent_")
-            key = f"intent_{metric}"
+            key = config.evaluation.champion_metric
             result.promoted, result.champion_before = registry.promote_if_better(
                 name,
                 result.model_version,

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
@@ -187,22 +188,21 @@ def examples_from_frame(frame: pd.DataFrame) -> ExampleSet:
     )
 
 
-def _pyfunc_class():
-    import mlflow.pyfunc
+class KairosPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow wrapper: profile rows (:func:`model_frame`) in, ``kairos score`` columns out."""
 
-    class KairosPyfunc(mlflow.pyfunc.PythonModel):
-        """MLflow wrapper: profile rows in, ``kairos score`` columns out."""
+    def load_context(self, context: Any) -> None:
+        self.bundle = ModelBundle.load(Path(context.artifacts["bundle"]))
 
-        def load_context(self, context: Any) -> None:
-            self.bundle = ModelBundle.load(Path(context.artifacts["bundle"]))
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None):
+        from training.scoring import score_examples
 
-        def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None):
-            from training.scoring import score_examples
+        examples = examples_from_frame(model_input)
+        return score_examples(self.bundle, examples, model_version="pyfunc")
 
-            examples = examples_from_frame(model_input)
-            return score_examples(self.bundle, examples, model_version="pyfunc")
-
-    return KairosPyfunc
+    def __getstate__(self) -> dict[str, Any]:
+        # The bundle travels as an artifact, not inside the pickle.
+        return {k: v for k, v in self.__dict__.items() if k != "bundle"}
 
 
 # --- logging a run ---------------------------------------------------------------------------
@@ -226,7 +226,7 @@ def log_model(
 
     with tempfile.TemporaryDirectory(prefix="kairos-bundle-") as tmp:
         folder = bundle.save(Path(tmp) / "bundle")
-        wrapper = _pyfunc_class()()
+        wrapper = KairosPyfunc()
         wrapper.bundle = bundle
         output = wrapper.predict(None, input_example)
         signature = infer_signature(input_example, output)

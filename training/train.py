@@ -70,6 +70,14 @@ def population_activity(examples: ExampleSet) -> np.ndarray:
     return totals / totals.sum()
 
 
+def static_bin_edges(static: np.ndarray, bins: int) -> np.ndarray:
+    """(F, bins + 1) quantile edges of each feature, strictly increasing."""
+    quantiles = np.quantile(static, np.linspace(0, 1, bins + 1), axis=0).T  # (F, bins + 1)
+    steps = np.maximum(np.diff(quantiles, axis=1), 1e-4)  # collapsed bins get a tiny width
+    edges = np.concatenate([quantiles[:, :1], quantiles[:, :1] + np.cumsum(steps, axis=1)], 1)
+    return edges.astype(np.float32)
+
+
 def fit(
     train: ExampleSet,
     validation: ExampleSet,
@@ -89,6 +97,10 @@ def fit(
     attach_static(validation, spec)
     model = KairosModel(config.model, spec.vocabulary_size, spec.category_buckets, spec.width)
     model.send_window.activity_prior.copy_(torch.from_numpy(population_activity(train)).float())
+    if model.encoder.static_edges is not None:
+        model.encoder.static_edges.copy_(
+            torch.from_numpy(static_bin_edges(train.arrays["static"], config.model.static_bins))
+        )
     base_rate = float(np.clip(train.profiles["ordered"].mean(), 1e-4, 1 - 1e-4))
     torch.nn.init.constant_(model.intent.bias, math.log(base_rate / (1 - base_rate)))
     engagement_trained = train.has_sends
