@@ -47,7 +47,7 @@ def main() -> None:
             connection = store.connection
             events = store.count()
             last = connection.sql("SELECT max(timestamp) FROM events").fetchall()[0][0]
-            source = default_profile_source(store)
+            source = default_profile_source(store.connection)
             view = source.events_as_of(connection, last)
 
             started = time.perf_counter()

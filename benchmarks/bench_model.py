@@ -134,7 +134,7 @@ def _score_speed(ws, result) -> dict[str, float]:
     at = result.splits.split.test[-1]
     with open_events(ws) as connection:
         started = time.perf_counter()
-        frame = score_at(connection, profile_source(at), at, bundle, "bench")
+        frame = score_at(connection, profile_source(connection, at), at, bundle, "bench")
         total_seconds = time.perf_counter() - started
     return {
         "profiles": len(frame),

@@ -14,8 +14,7 @@ import duckdb
 
 from features.aggregates import timestamp_literal
 from features.examples import IdentifierProfiles, ProfileSource
-from features.identity import event_profiles_sql, profiles_as_of
-from features.store import EventStore
+from features.identity import event_profiles_sql, profiles_as_of, tables
 
 _names = itertools.count()
 
@@ -23,8 +22,8 @@ _names = itertools.count()
 class IdentityProfiles:
     """Profiles of the identity graph, as of each cutoff for inputs, final for labels."""
 
-    def __init__(self, store: EventStore, until: datetime | None = None):
-        self.store = store
+    def __init__(self, connection: duckdb.DuckDBPyConnection, until: datetime | None = None):
+        self.connection = connection
         self.until = until
         self._as_of: dict[datetime, str] = {}
 
@@ -32,7 +31,7 @@ class IdentityProfiles:
         """Register the identifier -> profile table formed by links at or before ``at``."""
         if at not in self._as_of:
             name = f"identity_as_of_{next(_names)}"
-            self.store.connection.register(name, profiles_as_of(self.store, at))
+            self.connection.register(name, profiles_as_of(self.connection, at))
             self._as_of[at] = name
         return self._as_of[at]
 
@@ -66,11 +65,10 @@ class IdentityProfiles:
         )
 
 
-def default_profile_source(store: EventStore, until: datetime | None = None) -> ProfileSource:
+def default_profile_source(
+    connection: duckdb.DuckDBPyConnection, until: datetime | None = None
+) -> ProfileSource:
     """Identity's profiles when the workspace has an identity graph, else first identifiers."""
-    tables = {
-        row[0] for row in store.connection.sql("SELECT table_name FROM duckdb_tables()").fetchall()
-    }
-    if "identity_identifiers" in tables:
-        return IdentityProfiles(store, until)
+    if tables.has_state(connection):
+        return IdentityProfiles(connection, until)
     return IdentifierProfiles("events", until)

@@ -247,7 +247,7 @@ def features_build(
         _fail(str(error), code=2)
     ws = open_workspace(workspace)
     with EventStore(ws.event_store, read_only=True) as store:
-        source = default_profile_source(store)
+        source = default_profile_source(store.connection)
         events = source.events_as_of(store.connection, at)
         table = store.connection.sql(aggregates_sql(events, at)).to_arrow_table()
     write_table(table, out)

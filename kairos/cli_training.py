@@ -264,7 +264,9 @@ def score(
         bundle, version = registry.load_bundle(model or registry.champion_uri())
         started = time.perf_counter()
         with open_events(ws) as connection:
-            frame = score_at(connection, profile_source(instant), instant, bundle, version)
+            frame = score_at(
+                connection, profile_source(connection, instant), instant, bundle, version
+            )
         return frame, time.perf_counter() - started
 
     frame, seconds = _guard(run)

@@ -63,7 +63,7 @@ def ingest_lines(store: EventStore, path: Path, lines: list[bytes]) -> None:
 
 
 def features_at(store: EventStore) -> list[dict]:
-    source = default_profile_source(store)
+    source = default_profile_source(store.connection)
     assert isinstance(source, IdentityProfiles)  # ingest built the identity graph
     view = source.events_as_of(store.connection, T)
     return store.connection.sql(aggregates_sql(view, T)).to_arrow_table().to_pylist()
@@ -79,7 +79,10 @@ def test_a_later_login_does_not_enrich_the_past_profile(tmp_path: Path) -> None:
         assert sorted(row["events_total"] for row in after) == [1, 1]  # two separate profiles
 
         examples = build_examples(
-            store.connection, default_profile_source(store), T, ExampleConfig(horizon_days=7)
+            store.connection,
+            default_profile_source(store.connection),
+            T,
+            ExampleConfig(horizon_days=7),
         )
         labels = examples.profiles.set_index("profile_id")["ordered"]
         # Labels follow the later link: both past profiles are Ana, who ordered on day 2.

@@ -104,7 +104,7 @@ def test_until_never_reads_later_events(world) -> None:
         until = datetime(last.year, last.month, last.day) - timedelta(days=5)
         split = plan_cutoffs(first, until, config.data)
         cutoffs = [split.train[-1], split.test[-1]]
-        before = build_split(original, profile_source(until), cutoffs, config.data)
+        before = build_split(original, profile_source(original, until), cutoffs, config.data)
     with duckdb.connect() as changed:
         changed.execute(f"ATTACH '{open_workspace(world['ws']).event_store}' AS s (READ_ONLY)")
         changed.execute(
@@ -117,7 +117,7 @@ def test_until_never_reads_later_events(world) -> None:
                    TIMESTAMP '{until}' + INTERVAL 1 SECOND, user_id, 99.0
             FROM (SELECT DISTINCT user_id FROM events WHERE user_id IS NOT NULL)
         """)
-        after = build_split(changed, profile_source(until), cutoffs, config.data)
+        after = build_split(changed, profile_source(changed, until), cutoffs, config.data)
     pd.testing.assert_frame_equal(before.profiles, after.profiles)
     pd.testing.assert_frame_equal(before.sends, after.sends)
     for name, array in before.arrays.items():

@@ -33,11 +33,12 @@ from features.contract import ENGAGEMENT_EVENTS, SEND_EVENTS
 from features.examples import (
     CutoffExamples,
     ExampleConfig,
-    IdentifierProfiles,
     ProfileSource,
     TimeSplit,
     build_examples,
 )
+from features.identity import tables
+from features.profile_source import default_profile_source
 from features.sequences import VOCABULARY_SIZE, SequenceConfig, sequences_sql, to_sequences
 from training.config import DataConfig
 from training.model import CHANNELS, HOURS_PER_WEEK
@@ -60,10 +61,10 @@ _NOT_ACTIVITY = tuple(
 _LABEL_COLUMNS = ("ordered", "label_profile_id")
 
 
-def profile_source(until: datetime | None) -> ProfileSource:
-    """The one place the profile definition is chosen. Provisional: each event's first
-    identifier (exact for single-identifier logs); identity resolution's source replaces it."""
-    return IdentifierProfiles(until=until)
+def profile_source(connection: duckdb.DuckDBPyConnection, until: datetime | None) -> ProfileSource:
+    """Identity's profiles (as of each cutoff for inputs, final for labels) when the store has
+    an identity graph; else each event's first identifier (exact for single-identifier logs)."""
+    return default_profile_source(connection, until)
 
 
 # --- cutoffs ---------------------------------------------------------------------------------
@@ -307,11 +308,13 @@ def features_at(
 
 
 def store_fingerprint(connection: duckdb.DuckDBPyConnection) -> str:
-    """Changes whenever the stored events change (count, range, ids)."""
+    """Changes whenever the stored events (count, range, ids) or the identity graph change."""
     rows = connection.sql(
         "SELECT count(*), min(timestamp), max(timestamp), sum(hash(message_id)) FROM events"
     ).fetchall()
-    return hashlib.sha256(repr(rows[0]).encode()).hexdigest()[:16]
+    if tables.has_state(connection):  # merges and unmerges change the profiles
+        rows += connection.sql("SELECT count(*), max(seq) FROM merge_log").fetchall()
+    return hashlib.sha256(repr(rows).encode()).hexdigest()[:16]
 
 
 def build_split(

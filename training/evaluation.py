@@ -111,7 +111,7 @@ def evaluate(
         scores[baseline.name] = baseline.predict(test)
     rows = None
     if truth is not None:
-        rows = truth.person_rows(test.profiles["profile_id"].to_numpy())
+        rows = truth.person_rows(test.profiles["label_profile_id"].to_numpy())
         cutoffs = test.profiles["cutoff"].to_numpy()
         oracle = np.full(len(test), np.nan)
         for cutoff in np.unique(cutoffs):
@@ -121,7 +121,7 @@ def evaluate(
         scores["oracle"] = oracle
     _intent_section(result, "intent", y, scores, resamples, seed)
     if truth is not None and rows is not None:
-        kinds = truth.identifier_kinds(test.profiles["profile_id"].to_numpy())
+        kinds = truth.identifier_kinds(test.profiles["label_profile_id"].to_numpy())
         comparable = (rows >= 0) & np.isin(kinds, ["user_id", "emails"])
         result.notes.append(
             f"intent_addressable: the {int(comparable.sum()):,} of {len(test):,} test profiles "

@@ -6,6 +6,7 @@ profiles, so two models can be compared honestly. Pure functions on NumPy arrays
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -144,8 +145,11 @@ def paired_difference(
         differences.append(metric(y[index], p_model[index]) - metric(y[index], p_baseline[index]))
     differences = np.array(differences)
     differences = differences[np.isfinite(differences)]
+    point = metric(y, p_model) - metric(y, p_baseline)
+    if differences.size == 0:  # e.g. a single class in every resample: no interval exists
+        return Estimate(point, math.nan, math.nan)
     low, high = np.percentile(differences, [2.5, 97.5])
-    return Estimate(metric(y, p_model) - metric(y, p_baseline), float(low), float(high))
+    return Estimate(point, float(low), float(high))
 
 
 @dataclass(frozen=True)

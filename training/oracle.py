@@ -74,6 +74,22 @@ class SimulatorTruth:
         unique = {value: next(iter(rows)) for value, rows in owners.items() if len(rows) == 1}
         return cls(truth, start, int(metadata["days"]), unique, kinds)
 
+    def add_profiles(self, identifiers: pd.DataFrame) -> None:
+        """Map identity-resolved profiles to true people too, from (profile_id, identifier) rows:
+        a profile is the person owning most of its identifiers, of the kind of its strongest
+        identifier (user id, then email, phone, anonymous id, device)."""
+        frame = identifiers.assign(
+            person=identifiers["identifier"].map(self.identifier_person),
+            kind=identifiers["identifier"].map(self.identifier_type),
+        ).dropna(subset=["person", "profile_id"])
+        if frame.empty:
+            return
+        person = frame.groupby("profile_id")["person"].agg(lambda people: people.mode().iat[0])
+        rank = {kind: r for r, kind in enumerate(_IDENTIFIER_COLUMNS)}
+        kind = frame.groupby("profile_id")["kind"].agg(lambda kinds: min(kinds, key=rank.get))
+        self.identifier_person.update({p: int(row) for p, row in person.items()})
+        self.identifier_type.update(kind.to_dict())
+
     def person_rows(self, profile_ids: np.ndarray) -> np.ndarray:
         """(P,) row of the true person behind each profile id, -1 when unknown or shared."""
         return np.array([self.identifier_person.get(p, -1) for p in profile_ids], dtype=np.int64)

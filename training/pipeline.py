@@ -21,6 +21,7 @@ import duckdb
 import numpy as np
 
 from features.examples import TimeSplit
+from features.identity import tables
 from kairos.workspace import Workspace
 from training.baselines import fit_intent_baselines
 from training.config import TrainConfig
@@ -53,6 +54,7 @@ class Splits:
     until: datetime
     fingerprint: str
     build_seconds: float
+    source: str  # how events map to profiles: IdentityProfiles or IdentifierProfiles
 
     def params(self) -> dict[str, str]:
         described = describe_split(self.split)
@@ -125,7 +127,7 @@ def build_splits(
     if until <= first_event:
         raise ValueError(f"--until {until} is not after the first event ({first_event})")
     split = plan_cutoffs(first_event, until, config.data)
-    source = profile_source(until)
+    source = profile_source(connection, until)
     seed = config.optim.seed
     parts = {
         name: build_split(
@@ -152,6 +154,7 @@ def build_splits(
         until,
         fingerprint,
         time.perf_counter() - started,
+        type(source).__name__,
     )
 
 
@@ -162,6 +165,19 @@ def validation_metrics(trained: TrainedModel, validation: ExampleSet) -> dict[st
         "intent_roc_auc": roc_auc(y, predictions.p_intent),
         "intent_log_loss": log_loss(y, predictions.p_intent),
     }
+
+
+def load_truth(ws: Workspace, truth_path: Path | None) -> SimulatorTruth | None:
+    """The simulator's truth, with the store's identity profiles mapped to true people."""
+    if truth_path is None:
+        return None
+    truth = SimulatorTruth.load(truth_path)
+    with open_events(ws) as connection:
+        if tables.has_state(connection):
+            truth.add_profiles(
+                connection.sql("SELECT profile_id, identifier FROM identity_identifiers").df()
+            )
+    return truth
 
 
 def run_training(
@@ -189,7 +205,7 @@ def run_training(
                 ws.root / "cache" / "examples",
                 on_cutoff=_cutoff_logger(progress),
             )
-    truth = SimulatorTruth.load(truth_path) if truth_path is not None else None
+    truth = load_truth(ws, truth_path)
     if not log_to_mlflow:
         return _train_and_evaluate(splits, config, truth, progress, on_epoch, evaluate_test)
 
@@ -199,9 +215,7 @@ def run_training(
 
     registry.use_workspace(ws, experiment)
     with mlflow.start_run(run_name=run_name, nested=nested) as run:
-        mlflow.set_tags(
-            {"kairos.stage": "train", "kairos.source": type(profile_source(splits.until)).__name__}
-        )
+        mlflow.set_tags({"kairos.stage": "train", "kairos.source": splits.source})
         mlflow.log_params({**config.flat(), **splits.params()})
         if truth_path is not None:
             mlflow.log_param("kairos.truth", str(truth_path))
@@ -357,7 +371,7 @@ def run_evaluation(
     trained = TrainedModel(
         bundle.model, bundle.spec, bundle.calibrator, config, bundle.engagement_trained
     )
-    truth = SimulatorTruth.load(truth_path) if truth_path is not None else None
+    truth = load_truth(ws, truth_path)
     evaluation = evaluate_model(trained, splits, config, truth)
     result = TrainingResult(run_id, None, False, None, trained, evaluation, {}, splits)
     with mlflow.start_run(run_id=run_id):

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from features.identity import tables
@@ -135,7 +136,10 @@ def load_graph(store: EventStore) -> IdentityGraph:
 
 
 def profiles_as_of(
-    store: EventStore, at: datetime, rules: IdentityRules | None = None, overrides: bool = True
+    store: EventStore | duckdb.DuckDBPyConnection,
+    at: datetime,
+    rules: IdentityRules | None = None,
+    overrides: bool = True,
 ) -> pa.Table:
     """Profiles exactly as the events at or before ``at`` define them, nothing later.
 
@@ -143,8 +147,9 @@ def profiles_as_of(
     events up to ``at`` in memory; the stored profiles are untouched. ``overrides``: apply the
     workspace's manual unmerges (a person's later judgement) or not.
     """
-    connection = store.connection
-    has = _has_identity(store)
+    # A read-only connection is enough: training and scoring hold one, not a store.
+    connection = store if isinstance(store, duckdb.DuckDBPyConnection) else store.connection
+    has = tables.has_state(connection)
     rules = rules or (tables.stored_rules(connection) if has else None) or load_rules()
     chosen = tables.read_overrides(connection) if (overrides and has) else []
     graph, _ = build_graph(connection, rules, chosen, at=at)
@@ -390,8 +395,9 @@ def event_profiles_as_of(
 ) -> pa.Table:
     """Each event at or before ``at`` with its profile as of ``at`` (message_id, profile_id):
     a later login never enriches a past profile."""
-    connection = store.connection
-    has = _has_identity(store)
+    # A read-only connection is enough: training and scoring hold one, not a store.
+    connection = store if isinstance(store, duckdb.DuckDBPyConnection) else store.connection
+    has = tables.has_state(connection)
     rules = rules or (tables.stored_rules(connection) if has else None) or load_rules()
     profiles = profiles_as_of(store, at, rules, overrides)
     sql = event_profiles_sql(rules, "e.timestamp <= $at", tables.AS_OF_RELATION)

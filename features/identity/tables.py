@@ -150,7 +150,9 @@ def drop_tables(connection: duckdb.DuckDBPyConnection) -> None:
 
 def has_state(connection: duckdb.DuckDBPyConnection) -> bool:
     exists = connection.execute(
+        # Only the connection's own database: an ATTACHed store's tables are not ours to read.
         "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'identity_state'"
+        " AND database_name = current_database()"
     ).fetchall()[0][0]
     return bool(exists) and read_state(connection).get("version") is not None
 
