@@ -117,8 +117,9 @@ def test_padding_does_not_change_the_output() -> None:
         ({"dropout": 1.0}, "dropout"),
         ({"layers": 0}, "layers"),
         ({"prior_strength": 0.0}, "prior_strength"),
+        ({"members": 0}, "members"),
     ],
-    ids=["heads-divide", "dropout", "layers", "prior"],
+    ids=["heads-divide", "dropout", "layers", "prior", "members"],
 )
 def test_model_config_rejects_bad_values(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

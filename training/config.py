@@ -63,12 +63,15 @@ class OptimConfig:
     engagement_weight: float = 1.0  # weight of the engagement loss next to the intent loss
     patience: int = 2  # epochs without validation improvement before stopping
     gradient_clip: float = 1.0  # max global gradient norm
+    ema_decay: float = 0.0  # exponential moving average of the weights per step; 0 = off
     seed: int = 7  # seeds data order, initialisation and subsampling
     threads: int = 2  # torch CPU threads
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.threads < 1:
             raise ConfigError("optim.epochs, batch_size, patience and threads must be >= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.learning_rate <= 0 or self.weight_decay < 0 or self.engagement_weight < 0:
             raise ConfigError(
                 "optim.learning_rate must be > 0, weight_decay and engagement_weight >= 0"

@@ -47,6 +47,7 @@ class ModelConfig:
     static_bins: int = 16  # piecewise-linear encoding bins per aggregate; 0 = the raw values
     hour_smoothing: int = 2  # activity histogram smoothing: +- this many hours, learned weights
     prior_strength: float = 5.0  # initial pseudo-events of the population hour prior
+    members: int = 1  # independently seeded networks whose logits are averaged (an ensemble)
 
     def __post_init__(self) -> None:
         if self.d_model < 4 or self.layers < 1 or self.heads < 1:
@@ -59,6 +60,8 @@ class ModelConfig:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.static_bins < 0 or self.static_bins == 1:
             raise ValueError("model.static_bins must be 0 (off) or at least 2")
+        if self.members < 1:
+            raise ValueError(f"model.members must be at least 1, got {self.members}")
         if self.hour_smoothing < 0 or self.prior_strength <= 0:
             raise ValueError("model.hour_smoothing must be >= 0 and model.prior_strength > 0")
 
@@ -294,3 +297,49 @@ class KairosModel(nn.Module):
             "activity_density": self.send_window.density(batch["activity"])[0],  # (B, 168)
             "hour_evidence": evidence,  # (B,)
         }
+
+
+class KairosEnsemble(nn.Module):
+    """``members`` KairosModels trained with different seeds (Lakshminarayanan et al., 2017),
+    behind the same interface: the hidden state is the members' states side by side and every
+    head averages the members' logits."""
+
+    def __init__(self, members: list[KairosModel]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.config = members[0].config
+
+    @property
+    def send_window(self) -> SendWindowHead:
+        # Evidence and the activity fallback; the members share its inputs.
+        return self.members[0].send_window
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([member(batch) for member in self.members], dim=-1)  # (B, K * d)
+
+    def _split(self, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return hidden.chunk(len(self.members), dim=-1)  # K x (B, d)
+
+    def intent_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        parts = [m.intent_logits(h) for m, h in zip(self.members, self._split(hidden), strict=True)]
+        return torch.stack(parts).mean(dim=0)  # (B,)
+
+    def engagement_logits(self, hidden: torch.Tensor, activity: torch.Tensor) -> torch.Tensor:
+        parts = [
+            m.engagement_logits(h, activity)
+            for m, h in zip(self.members, self._split(hidden), strict=True)
+        ]
+        return torch.stack(parts).mean(dim=0)  # (B, C, 168)
+
+    predict = KairosModel.predict
+
+
+def build_model(
+    config: ModelConfig, vocabulary_size: int, category_buckets: int, static_features: int
+) -> KairosModel | KairosEnsemble:
+    """One network, or an ensemble of ``config.members`` of them (untrained)."""
+    members = [
+        KairosModel(config, vocabulary_size, category_buckets, static_features)
+        for _ in range(config.members)
+    ]
+    return members[0] if config.members == 1 else KairosEnsemble(members)

@@ -25,7 +25,14 @@ from kairos.workspace import Workspace
 from training.config import TrainConfig, build_config
 from training.datasets import SEQUENCE_ARRAYS, ExampleSet, FeatureSpec
 from training.metrics import PlattCalibrator
-from training.model import CHANNELS, HOURS_PER_WEEK, KairosModel, ModelConfig
+from training.model import (
+    CHANNELS,
+    HOURS_PER_WEEK,
+    KairosEnsemble,
+    KairosModel,
+    ModelConfig,
+    build_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +84,7 @@ def use_workspace(ws: Workspace, experiment: str = DEFAULT_EXPERIMENT) -> str:
 class ModelBundle:
     """Everything needed to score: network, feature spec, calibrator, config."""
 
-    model: KairosModel
+    model: KairosModel | KairosEnsemble
     spec: FeatureSpec
     calibrator: PlattCalibrator
     config: TrainConfig
@@ -118,7 +125,7 @@ class ModelBundle:
             }
         )
         spec = FeatureSpec.from_dict(meta["spec"])
-        model = KairosModel(config.model, spec.vocabulary_size, spec.category_buckets, spec.width)
+        model = build_model(config.model, spec.vocabulary_size, spec.category_buckets, spec.width)
         model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
         model.eval()
         calibrator = PlattCalibrator(**meta["calibrator"])

@@ -22,7 +22,7 @@ import torch
 from training.config import TrainConfig
 from training.datasets import ExampleSet, FeatureSpec, attach_static, model_inputs
 from training.metrics import PlattCalibrator, log_loss, roc_auc
-from training.model import CHANNELS, HOURS_PER_WEEK, KairosModel
+from training.model import CHANNELS, HOURS_PER_WEEK, KairosEnsemble, KairosModel
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class TrainingStopped(Exception):
 
 @dataclass
 class TrainedModel:
-    model: KairosModel
+    model: KairosModel | KairosEnsemble
     spec: FeatureSpec
     calibrator: PlattCalibrator
     config: TrainConfig
@@ -95,6 +95,72 @@ def fit(
     spec = FeatureSpec.fit(train.profiles, config.data)
     attach_static(train, spec)
     attach_static(validation, spec)
+    engagement_trained = train.has_sends
+    if not engagement_trained:
+        logger.warning(
+            "no logged sends in the training data: the engagement head is not trained; the "
+            "send window falls back to each profile's activity hours"
+        )
+    members, history, best_epoch, train_seconds, trained_examples = [], [], 0, 0.0, 0
+    for member in range(config.model.members):
+        # Member 0 uses the configured seed (a one-member "ensemble" is the plain model);
+        # only its epochs reach ``on_epoch`` (MLflow steps, Optuna pruning).
+        seed_everything(optim.seed + member, optim.threads)
+        fitted = _fit_network(
+            train,
+            validation,
+            config,
+            spec,
+            engagement_trained,
+            optim.seed + member,
+            on_epoch if member == 0 else None,
+            progress,
+        )
+        members.append(fitted.model)
+        history += (
+            [{**row, "member": member} for row in fitted.history] if member else fitted.history
+        )
+        best_epoch = best_epoch or fitted.best_epoch
+        train_seconds += fitted.train_seconds
+        trained_examples += fitted.trained_examples
+    model = members[0] if len(members) == 1 else KairosEnsemble(members).eval()
+    raw = infer_intent(model, validation, spec)
+    calibrator = PlattCalibrator.fit(validation.profiles["ordered"].to_numpy(float), raw)
+    return TrainedModel(
+        model=model,
+        spec=spec,
+        calibrator=calibrator,
+        config=config,
+        engagement_trained=engagement_trained,
+        history=history,
+        best_epoch=best_epoch,
+        train_seconds=train_seconds,
+        examples_per_second=trained_examples / max(train_seconds, 1e-9),
+    )
+
+
+@dataclass
+class _FittedNetwork:
+    model: KairosModel
+    history: list[dict[str, float]]
+    best_epoch: int
+    train_seconds: float
+    trained_examples: int
+
+
+def _fit_network(
+    train: ExampleSet,
+    validation: ExampleSet,
+    config: TrainConfig,
+    spec: FeatureSpec,
+    engagement_trained: bool,
+    seed: int,
+    on_epoch: Callable[[int, dict[str, float]], None] | None,
+    progress: bool,
+) -> _FittedNetwork:
+    """One network: initialised from the training data, trained with early stopping on the
+    validation loss; its best weights."""
+    optim = config.optim
     model = KairosModel(config.model, spec.vocabulary_size, spec.category_buckets, spec.width)
     model.send_window.activity_prior.copy_(torch.from_numpy(population_activity(train)).float())
     if model.encoder.static_edges is not None:
@@ -103,12 +169,6 @@ def fit(
         )
     base_rate = float(np.clip(train.profiles["ordered"].mean(), 1e-4, 1 - 1e-4))
     torch.nn.init.constant_(model.intent.bias, math.log(base_rate / (1 - base_rate)))
-    engagement_trained = train.has_sends
-    if not engagement_trained:
-        logger.warning(
-            "no logged sends in the training data: the engagement head is not trained; the "
-            "send window falls back to each profile's activity hours"
-        )
     trainable = [
         p
         for name, p in model.named_parameters()
@@ -128,7 +188,11 @@ def fit(
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_share)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor)
-    rng = np.random.default_rng(optim.seed)
+    # Validation peaks within the first epochs (each profile recurs at every cutoff), while the
+    # learning rate is still high; the weights' moving average (Polyak & Juditsky, 1992) is the
+    # cheap ensemble of the last few hundred steps. It is what gets validated and kept.
+    average = _WeightAverage(model, optim.ema_decay) if optim.ema_decay > 0 else None
+    rng = np.random.default_rng(seed)
     best_loss, best_state, best_epoch, stale = math.inf, None, 0, 0
     history: list[dict[str, float]] = []
     trained_examples, train_seconds = 0, 0.0
@@ -148,11 +212,14 @@ def fit(
                 torch.nn.utils.clip_grad_norm_(trainable, optim.gradient_clip)
                 optimizer.step()
                 scheduler.step()
+                if average is not None:
+                    average.update(model)
                 running += loss.item() * len(rows)
                 seen += len(rows)
                 bar.step(f"epoch {epoch}/{optim.epochs} loss {running / seen:.4f}")
             train_seconds += time.perf_counter() - started
             trained_examples += seen
+            live = average.swap_in(model) if average is not None else None
             metrics = {
                 "train_loss": running / seen,
                 **_validation_metrics(
@@ -175,6 +242,8 @@ def fit(
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 stale += 1
+            if live is not None:
+                model.load_state_dict(live)  # keep training the live weights
             if on_epoch is not None:
                 on_epoch(epoch, metrics)  # may raise TrainingStopped
             if stale >= optim.patience:
@@ -182,19 +251,33 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    raw = infer_intent(model, validation, spec)
-    calibrator = PlattCalibrator.fit(validation.profiles["ordered"].to_numpy(float), raw)
-    return TrainedModel(
-        model=model,
-        spec=spec,
-        calibrator=calibrator,
-        config=config,
-        engagement_trained=engagement_trained,
-        history=history,
-        best_epoch=best_epoch,
-        train_seconds=train_seconds,
-        examples_per_second=trained_examples / max(train_seconds, 1e-9),
-    )
+    return _FittedNetwork(model, history, best_epoch, train_seconds, trained_examples)
+
+
+class _WeightAverage:
+    """Exponential moving average of a model's floating-point state, with the warm-up of
+    TensorFlow's ``ExponentialMovingAverage(num_updates=...)`` so that early steps do not keep
+    the random initialisation: decay_t = min(decay, (1 + t) / (10 + t))."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for name, value in model.state_dict().items():
+            if value.dtype.is_floating_point:
+                self.state[name].lerp_(value, 1.0 - decay)
+            else:
+                self.state[name].copy_(value)
+
+    def swap_in(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Load the averaged weights; return a copy of the live ones to restore later."""
+        live = copy.deepcopy(model.state_dict())
+        model.load_state_dict(self.state)
+        return live
 
 
 def _batch_loss(
