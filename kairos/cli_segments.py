@@ -111,7 +111,7 @@ def segments(
     cutoff = _parse_at(at)
     _check_output(out)
 
-    from serving.segments.batch import evaluate_batch, provisional_profile_events
+    from serving.segments.batch import evaluate_batch, profile_events_at
 
     ws = open_workspace(workspace)
     connection = _open_store(ws.event_store)
@@ -123,8 +123,9 @@ def segments(
                 library = library.subset(only)
             except KeyError as error:
                 _fail(str(error).strip('"'), code=2)
-        profile_events = provisional_profile_events(connection)
         with console.status("evaluating segments", spinner="dots") as status:
+            status.update("segments: profiles as of --at")
+            profile_events = profile_events_at(connection, cutoff)
             try:
                 result = evaluate_batch(
                     connection,
@@ -231,7 +232,13 @@ def validate(
 @segments_app.command()
 def explain(
     ctx: typer.Context,
-    profile: Annotated[str, typer.Argument(help="Profile id.")],
+    profile: Annotated[
+        str,
+        typer.Argument(
+            help="Profile id (as in `kairos segments --out`), or any identifier of the profile: "
+            "email:ann@example.com, user_id:42, phone:+4479..., or a bare value."
+        ),
+    ],
     segment: Annotated[str, typer.Argument(help="Segment name, e.g. high_intent.")],
     at: Annotated[
         str | None,
@@ -244,8 +251,9 @@ def explain(
 ) -> None:
     """Why PROFILE is or is not in SEGMENT: each condition, held or failed, with its values."""
     from serving.segments.batch import (
+        find_profile,
+        profile_events_at,
         profile_events_of,
-        provisional_profile_events,
         score_thresholds,
         scores_of,
     )
@@ -262,10 +270,13 @@ def explain(
                 library.segment(segment)
             except KeyError as error:
                 _fail(str(error).strip('"'), code=2)
-        profile_events = provisional_profile_events(connection)
+        profile_events = profile_events_at(connection, cutoff)
+        try:
+            found = find_profile(connection, profile_events, profile, cutoff)
+        except ValueError as error:
+            _fail(str(error))
+        profile = found.profile_id
         events = profile_events_of(connection, profile_events, profile, cutoff)
-        if not events:
-            _fail(f"no events for profile {profile!r} at or before {cutoff.isoformat()}")
         thresholds = (
             score_thresholds(connection, profile_events, library, cutoff, scores_relation)
             if scores_relation is not None and library.top_tests()
@@ -278,8 +289,10 @@ def explain(
         library, profile, segment, events, cutoff, scores=profile_scores, thresholds=thresholds
     )
     if as_json:
-        print(json.dumps(explanation.as_dict()))
+        print(json.dumps(explanation.as_dict() | {"found": found.how or None}))
     else:
+        if found.how:
+            console.print(found.how, highlight=False, soft_wrap=True)
         print(explanation.render())
 
 

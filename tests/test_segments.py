@@ -15,7 +15,12 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from serving.segments.batch import evaluate_batch, provisional_profile_events, score_thresholds
+from serving.segments.batch import (
+    evaluate_batch,
+    find_profile,
+    profile_events_at,
+    score_thresholds,
+)
 from serving.segments.explain import explain
 from serving.segments.incremental import SegmentEngine
 from serving.segments.library import (
@@ -959,20 +964,79 @@ def test_explain_sequences_scores_and_references():
         explain(library, "p", "engagd", events, T)
 
 
-def test_provisional_profile_events_uses_first_present_identifier():
+def _identifier_log() -> duckdb.DuckDBPyConnection:
+    """A store without an identity graph: events carry identifiers, nothing links them."""
     connection = duckdb.connect()
     connection.execute(
-        "CREATE TABLE events AS SELECT * FROM (VALUES ('u1', 'a@x.io', NULL, 'anon'), "
-        "(NULL, 'b@x.io', NULL, 'anon2'), (NULL, NULL, NULL, 'anon3')) "
-        "t(user_id, email, phone, anonymous_id)"
+        "CREATE TABLE events AS SELECT * FROM (VALUES "
+        "('m1', 'u1', 'a@x.io', NULL, 'anon', TIMESTAMP '2026-01-01'), "
+        "('m2', NULL, 'b@x.io', NULL, 'anon2', TIMESTAMP '2026-01-02'), "
+        "('m3', NULL, NULL, NULL, 'anon3', TIMESTAMP '2026-01-03'), "
+        "('m4', NULL, NULL, NULL, 'anon3', TIMESTAMP '2026-01-09')) "
+        "t(message_id, user_id, email, phone, anonymous_id, timestamp)"
     )
     connection.execute("ALTER TABLE events ADD COLUMN device_id VARCHAR")
-    name = provisional_profile_events(connection)
-    assert sorted(r[0] for r in connection.sql(f"SELECT profile_id FROM {name}").fetchall()) == [
-        "anon3",
+    return connection
+
+
+def test_profile_events_without_identity_use_the_first_present_identifier():
+    connection = _identifier_log()
+    view = profile_events_at(connection, datetime(2026, 1, 5))
+    rows = connection.sql(f"SELECT profile_id, message_id FROM {view} ORDER BY 1").fetchall()
+    assert rows == [("anon3", "m3"), ("b@x.io", "m2"), ("u1", "m1")]  # m4 is after the cutoff
+
+
+@pytest.mark.parametrize(
+    ("query", "profile", "how"),
+    [
+        ("u1", "u1", ""),
+        ("email:a@x.io", "u1", "identifier email:a@x.io is profile u1"),
+        ("email:A@X.io ", "u1", "identifier email:A@X.io is profile u1"),
+        ("anon2", "b@x.io", "identifier anon2 is profile b@x.io"),
+        ("anonymous_id:anon3", "anon3", ""),
+    ],
+    ids=["profile-id", "typed", "email-normalised", "bare-value", "id-and-identifier"],
+)
+def test_find_profile_by_id_or_identifier(query, profile, how):
+    connection = _identifier_log()
+    view = profile_events_at(connection, datetime(2026, 1, 5))
+    found = find_profile(connection, view, query, datetime(2026, 1, 5))
+    assert found.profile_id == profile
+    assert found.how.startswith(how)
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("nobody", "no profile or identifier 'nobody' with events at or before 2026-01-05"),
+        ("phone:a@x.io", "no profile or identifier"),
+    ],
+    ids=["unknown", "wrong-type"],
+)
+def test_find_profile_failures(query, message):
+    connection = _identifier_log()
+    view = profile_events_at(connection, datetime(2026, 1, 5))
+    with pytest.raises(ValueError, match=message):
+        find_profile(connection, view, query, datetime(2026, 1, 5))
+
+
+def test_find_profile_by_todays_identity_profile():
+    """A profile id of today's graph names the profile(s) its identifiers formed at --at."""
+    connection = _identifier_log()
+    connection.execute(
+        "CREATE TABLE identity_identifiers AS SELECT * FROM (VALUES "
+        "('today-1', 'email', 'b@x.io'), ('today-2', 'email', 'a@x.io'), "
+        "('today-2', 'anonymous_id', 'anon3')) t(profile_id, identifier_type, identifier)"
+    )
+    at = datetime(2026, 1, 5)
+    view = profile_events_at(connection, at)
+    found = find_profile(connection, view, "today-1", at)
+    assert (found.profile_id, found.how) == (
         "b@x.io",
-        "u1",
-    ]
+        "today's profile today-1 is profile b@x.io at 2026-01-05T00:00:00",
+    )
+    with pytest.raises(ValueError, match=r"belongs to 2 profiles .*: anon3 \(1 events\), u1"):
+        find_profile(connection, view, "today-2", at)
 
 
 def test_missing_columns_are_named():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -48,6 +49,21 @@ def store(tmp_path: Path, workspace: Path) -> Path:
     return workspace
 
 
+def profile_of(workspace: Path, user: str) -> str:
+    """The identity profile id of a user (ingest resolves identities after each file)."""
+    connection = duckdb.connect(str(workspace / "events.duckdb"), read_only=True)
+    try:
+        rows = connection.execute(
+            "SELECT profile_id FROM identity_identifiers "
+            "WHERE identifier_type = 'user_id' AND identifier = ?",
+            [user],
+        ).fetchall()
+    finally:
+        connection.close()
+    assert len(rows) == 1 and rows[0][0].startswith("p-"), rows
+    return rows[0][0]
+
+
 def test_segments_writes_memberships_and_reports_sizes(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "segments.parquet"
     result = runner.invoke(segments_app, ["--at", AT, "--out", str(out), "--json"])
@@ -60,10 +76,11 @@ def test_segments_writes_memberships_and_reports_sizes(store: Path, tmp_path: Pa
     table = pq.read_table(out)
     assert table.schema.names == ["profile_id", "segment", "entered_at"]
     rows = {(r["profile_id"], r["segment"]): r["entered_at"].isoformat() for r in table.to_pylist()}
-    assert rows[("ana", "browsed_no_purchase_7d")] == "2026-03-01T10:00:00"
-    assert rows[("ben", "cart_abandoners")] == "2026-03-02T11:00:00"  # added + 1 h wait
-    assert rows[("cy", "clicked_no_checkout")] == "2026-03-04T08:00:00"  # click + 24 h
-    assert rows[("ana", "engaged")] == "2026-03-01T09:00:00"
+    ana, ben, cy = (profile_of(store, user) for user in ("ana", "ben", "cy"))
+    assert rows[(ana, "browsed_no_purchase_7d")] == "2026-03-01T10:00:00"
+    assert rows[(ben, "cart_abandoners")] == "2026-03-02T11:00:00"  # added + 1 h wait
+    assert rows[(cy, "clicked_no_checkout")] == "2026-03-04T08:00:00"  # click + 24 h
+    assert rows[(ana, "engaged")] == "2026-03-01T09:00:00"
 
 
 def test_segments_only_some(store: Path, tmp_path: Path) -> None:
@@ -90,7 +107,7 @@ def test_segments_with_scores_uses_the_model_rule(store: Path, tmp_path: Path) -
     pq.write_table(
         pa.table(
             {
-                "profile_id": ["ana", "ben", "cy"],
+                "profile_id": [profile_of(store, user) for user in ("ana", "ben", "cy")],
                 "p_convert": [0.2, 0.9, 0.5],
                 "p_engage_email": [0.1, 0.1, 0.1],
                 "p_engage_sms": [0.0, 0.0, 0.0],
@@ -111,7 +128,7 @@ def test_segments_with_scores_uses_the_model_rule(store: Path, tmp_path: Path) -
     members = {
         r["profile_id"] for r in pq.read_table(out).to_pylist() if r["segment"] == "high_intent"
     }
-    assert members == {"ben"}
+    assert members == {profile_of(store, "ben")}
 
 
 @pytest.mark.parametrize(
@@ -198,24 +215,35 @@ def test_validate_score_rule_needs_a_model_or_with_scores(workspace: Path, tmp_p
     assert runner.invoke(segments_app, ["validate", str(rules), "--with-scores"]).exit_code == 0
 
 
-def test_explain(store: Path) -> None:
-    result = runner.invoke(segments_app, ["explain", "ana", "browsed_no_purchase_7d", "--at", AT])
+@pytest.mark.parametrize(
+    "query", ["ana", "user_id:ana", "email:Ana@Example.com", "PROFILE"], ids=str
+)
+def test_explain(store: Path, query: str) -> None:
+    ana = profile_of(store, "ana")
+    query = ana if query == "PROFILE" else query
+    result = runner.invoke(segments_app, ["explain", query, "browsed_no_purchase_7d", "--at", AT])
     assert result.exit_code == 0, result.output
     assert (
-        "ana IS in browsed_no_purchase_7d at 2026-03-05 00:00:00 (since 2026-03-01 10:00:00)"
+        f"{ana} IS in browsed_no_purchase_7d at 2026-03-05 00:00:00 (since 2026-03-01 10:00:00)"
         in result.stdout
     )
+    if query != ana:
+        assert f"is profile {ana} at 2026-03-05" in result.output
     assert "with no new events, leaves at 2026-03-08 10:00:00" in result.stdout
     as_json = runner.invoke(segments_app, ["explain", "ben", "high_intent", "--at", AT, "--json"])
     data = json.loads(as_json.stdout)
     assert data["member"] is True and data["rule"] == "fallback"
+    assert (
+        data["found"]
+        == f"identifier ben is profile {profile_of(store, 'ben')} at 2026-03-05T00:00:00"
+    )
 
 
 @pytest.mark.parametrize(
     ("arguments", "code", "message"),
     [
         (["explain", "ana", "engagd", "--at", AT], 2, "did you mean engaged?"),
-        (["explain", "nobody", "engaged", "--at", AT], 1, "no events for profile 'nobody'"),
+        (["explain", "nobody", "engaged", "--at", AT], 1, "no profile or identifier 'nobody'"),
     ],
     ids=["unknown-segment", "unknown-profile"],
 )
@@ -231,3 +259,54 @@ def test_workspace_before_the_subcommand(store: Path, tmp_path: Path, monkeypatc
         segments_app, ["--workspace", str(store), "explain", "ana", "engaged", "--at", AT]
     )
     assert result.exit_code == 0, result.output
+
+
+def test_segments_follow_identity_as_of_the_cutoff(workspace: Path, tmp_path: Path) -> None:
+    """Anonymous browsing joins the account only from the login on: before it the browser is
+    its own profile (browsed, no order); after it, the account's order counts."""
+
+    def message(i: int, at: str, **fields) -> dict:
+        return {"type": "track", "messageId": f"m{i}", "timestamp": at, **fields}
+
+    messages = [
+        message(1, "2026-03-01T10:00:00Z", anonymousId="phone", event="Product Viewed"),
+        message(2, "2026-03-02T10:00:00Z", userId="ana", event="Order Completed", properties={}),
+        {
+            "type": "identify",
+            "messageId": "m3",
+            "timestamp": "2026-03-03T10:00:00Z",
+            "anonymousId": "phone",
+            "userId": "ana",
+            "traits": {"email": "ana@example.com"},
+        },
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(m) for m in messages) + b"\n")
+    with EventStore(workspace / "events.duckdb") as event_store:
+        ingest_file(event_store, path)
+    ana = profile_of(workspace, "ana")
+
+    def browsed(at: str) -> set[str]:
+        out = tmp_path / f"{at[:10]}.parquet"
+        result = runner.invoke(segments_app, ["--at", at, "--out", str(out), "--json"])
+        assert result.exit_code == 0, result.output
+        rows = pq.read_table(out).to_pylist()
+        return {r["profile_id"] for r in rows if r["segment"] == "browsed_no_purchase_7d"}
+
+    # The phone's profile is the founder of Ana's merged profile, so it keeps its id.
+    assert browsed("2026-03-03T09:00:00Z") == {ana}  # the phone alone: browsed, no order
+    assert browsed("2026-03-03T11:00:00Z") == set()  # Ana's order on day 2 now counts
+    # Any identifier of the profile explains it, as the profiles stood at --at.
+    later = runner.invoke(
+        segments_app,
+        ["explain", "user_id:ana", "browsed_no_purchase_7d", "--at", "2026-03-03T11:00Z"],
+    )
+    assert later.exit_code == 0, later.output
+    assert f"{ana} is NOT in browsed_no_purchase_7d" in later.stdout
+    earlier = runner.invoke(
+        segments_app,
+        ["explain", "user_id:ana", "browsed_no_purchase_7d", "--at", "2026-03-03T09:00Z"],
+    )
+    assert earlier.exit_code == 0, earlier.output
+    assert "is NOT in browsed_no_purchase_7d" in earlier.stdout
+    assert f"is profile {ana}" not in earlier.output  # not yet linked to the phone

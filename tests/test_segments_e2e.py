@@ -13,7 +13,7 @@ from features.contract import NormaliseOptions
 from features.ingest import IngestOptions, ingest_file
 from features.store import EventStore
 from features.tabular import parse_mapping
-from serving.segments.batch import evaluate_batch, profile_events_of, provisional_profile_events
+from serving.segments.batch import evaluate_batch, profile_events_at, profile_events_of
 from serving.segments.incremental import SegmentEngine
 from serving.segments.library import load_library
 
@@ -21,8 +21,9 @@ TIERS = ("engaged", "active", "at_risk", "inactive", "sunset")
 
 
 def _agree_on_sample(connection, library, at: datetime, sample: int) -> dict[str, int]:
-    """Batch memberships at `at`; a sample of profiles replayed in real time must match."""
-    view = provisional_profile_events(connection)
+    """Batch memberships at `at` over identity's profiles as of `at`; a sample of profiles
+    replayed in real time must match."""
+    view = profile_events_at(connection, at)
     result = evaluate_batch(connection, view, library, at)
     batch: dict[str, dict[str, datetime]] = {}
     for row in result.memberships.to_pylist():
@@ -55,10 +56,18 @@ def test_default_library_on_simulated_data(tmp_path: Path) -> None:
     for name in ("browsed_no_purchase_7d", "engaged", "clicked_no_checkout"):
         assert sizes[name] > 0, name
     emailed = connection.sql(
-        "SELECT count(DISTINCT coalesce(user_id, email, phone, anonymous_id, device_id)) "
-        "FROM events WHERE event IN ('Email Delivered', 'Email Opened', 'Email Link Clicked', "
-        f"'Email Bounced') AND timestamp <= TIMESTAMP '{at.isoformat(sep=' ')}'"
+        f"SELECT count(DISTINCT profile_id) FROM {profile_events_at(connection, at)} "
+        "WHERE event IN ('Email Delivered', 'Email Opened', 'Email Link Clicked', "
+        "'Email Bounced')"
     ).fetchall()[0][0]
+    identifiers = connection.sql(
+        "SELECT count(DISTINCT coalesce(user_id, email, phone, anonymous_id, device_id)) "
+        f"FROM events WHERE timestamp <= TIMESTAMP '{at.isoformat(sep=' ')}'"
+    ).fetchall()[0][0]
+    profiles = connection.sql(
+        f"SELECT count(DISTINCT profile_id) FROM {profile_events_at(connection, at)}"
+    ).fetchall()[0][0]
+    assert profiles < identifiers  # identity joined anonymous browsing to known people
     assert sum(sizes[tier] for tier in TIERS) == emailed  # exactly one tier each
 
 

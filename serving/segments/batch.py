@@ -76,24 +76,117 @@ _NEG = -(1 << 62)  # "before any event": the initial flip of a constant test
 _NEVER = ir.NEVER
 
 
-def provisional_profile_events(
-    connection: duckdb.DuckDBPyConnection, events: str = "events", name: str = "profile_events"
-) -> str:
-    """A temporary view ``name`` of ``events`` with a provisional ``profile_id``.
+def profile_events_at(connection: duckdb.DuckDBPyConnection, at: datetime) -> str:
+    """The relation of profile events at ``at``: ``profile_id`` plus the event columns, events
+    at or before ``at``.
 
-    PROVISIONAL, until identity resolution lands: the profile is the first present of user_id,
-    email, phone, anonymous_id and device_id, so anonymous browsing is not yet joined to the
-    account it later logs in to. This is the one seam to swap for the identity module's as-of
-    view; everything else takes any relation with ``PROFILE_EVENT_COLUMNS``.
+    Profiles are the pipeline's, from ``features.profile_source.default_profile_source``:
+    identity resolution's profiles as of ``at`` (formed only from links made at or before it,
+    so a later login never reaches back into a past membership) when the workspace has an
+    identity graph, else each event's first identifier (user_id, email, phone, anonymous_id,
+    device_id). Features, training and scoring read the same profiles, so score files and
+    memberships name the same profile ids.
     """
-    connection.execute(
-        f"""
-        CREATE OR REPLACE TEMP VIEW {_ident(name)} AS
-        SELECT coalesce(user_id, email, phone, anonymous_id, device_id) AS profile_id, *
-        FROM {events}
-        """
+    from features.profile_source import default_profile_source
+
+    relation = default_profile_source(connection).events_as_of(connection, at)
+    # IdentifierProfiles leaves the cutoff to its reader; the batch reads only up to `at`
+    # anyway, this makes the relation mean the same from both sources.
+    return f"(SELECT * FROM {relation} WHERE timestamp <= {_timestamp_literal(at)})"
+
+
+# Event columns holding each identifier type (an alias's previous id is an anonymous id).
+IDENTIFIER_COLUMNS = {
+    "user_id": ("user_id",),
+    "email": ("email",),
+    "phone": ("phone",),
+    "device_id": ("device_id",),
+    "anonymous_id": ("anonymous_id", "previous_id"),
+}
+
+
+@dataclass(frozen=True)
+class FoundProfile:
+    profile_id: str
+    how: str  # how the query led to it, in words ("" when the query was the profile id)
+
+
+def find_profile(
+    connection: duckdb.DuckDBPyConnection, profile_events: str, query: str, at: datetime
+) -> FoundProfile:
+    """The profile ``query`` names at ``at``: a profile id of ``profile_events``, an identifier
+    (``email:ann@x.org``, ``user_id:u1`` or a bare value) carried by its events, or a profile
+    id of today's identity graph whose identifiers formed a different profile at ``at``.
+
+    Raises ValueError when nothing matches, or when the identifier belongs to several profiles
+    at ``at`` (a shared identifier, or identifiers not yet linked then); the message lists them.
+    """
+    from features.identity import parse_identifier
+
+    text = query.strip()
+    have = check_columns(connection, profile_events, ("profile_id", "timestamp"), "profile events")
+    visible = f"timestamp <= {_timestamp_literal(at)}"
+    exists = connection.sql(
+        f"SELECT 1 FROM {profile_events} WHERE profile_id = $q AND {visible} LIMIT 1",
+        params={"q": text},
+    ).fetchall()
+    if exists:
+        return FoundProfile(text, "")
+    kind, value = parse_identifier(text)
+    conditions = []
+    for identifier_type, columns in IDENTIFIER_COLUMNS.items():
+        if kind is not None and identifier_type != kind:
+            continue
+        wanted = value.lower() if identifier_type == "email" else value  # stored lower-cased
+        conditions.extend(f"{_ident(c)} = {_literal(wanted)}" for c in columns if c in have)
+    how = f"identifier {text}"
+    found = _profiles_where(connection, profile_events, visible, conditions)
+    if not found and _has_table(connection, "identity_identifiers"):
+        # A profile id of today's graph: the profiles its identifiers formed at `at`.
+        conditions = [
+            f"{_ident(c)} IN (SELECT identifier FROM identity_identifiers WHERE profile_id = "
+            f"{_literal(text)} AND identifier_type = {_literal(identifier_type)})"
+            for identifier_type, columns in IDENTIFIER_COLUMNS.items()
+            for c in columns
+            if c in have
+        ]
+        found = _profiles_where(connection, profile_events, visible, conditions)
+        how = f"today's profile {text}"
+    if not found:
+        raise ValueError(
+            f"no profile or identifier {text!r} with events at or before {at.isoformat()} "
+            "(give a profile id from `kairos segments --out`, or an identifier such as "
+            "email:ann@example.com or user_id:42)"
+        )
+    if len(found) > 1:
+        listed = ", ".join(f"{p} ({n} events)" for p, n in found[:10])
+        more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+        raise ValueError(
+            f"{how} belongs to {len(found)} profiles at {at.isoformat()}: {listed}{more}; "
+            "give one of these profile ids"
+        )
+    return FoundProfile(found[0][0], f"{how} is profile {found[0][0]} at {at.isoformat()}")
+
+
+def _profiles_where(
+    connection: duckdb.DuckDBPyConnection, profile_events: str, visible: str, conditions: list
+) -> list[tuple[str, int]]:
+    if not conditions:
+        return []
+    return connection.sql(
+        f"SELECT profile_id, count(*) AS n FROM {profile_events} WHERE {visible} "
+        f"AND ({' OR '.join(conditions)}) GROUP BY profile_id ORDER BY n DESC, profile_id"
+    ).fetchall()
+
+
+def _has_table(connection: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(
+        connection.sql(
+            "SELECT 1 FROM duckdb_tables() WHERE table_name = $name "
+            "AND database_name = current_database() LIMIT 1",
+            params={"name": name},
+        ).fetchall()
     )
-    return name
 
 
 def check_columns(
@@ -742,29 +835,136 @@ class _Run:
         )
 
     def timeline_memberships(self) -> pa.Table:
-        """All segments' timelines in one statement: each node of the expressions is a CTE
-        (materialized when several nodes read it), and each segment's last flip at or before
-        the cutoff gives membership and entered_at."""
-        self.step("timelines")
+        """Every member's entered_at in one ordered pass.
 
-        def last_flip(name: str, flips: str, v0: bool) -> str:
+        Each test (leaf) has its own timeline of flips (``_leaf_timeline``); all leaves' flips
+        are merged and sorted once per profile, and a running sum of signed powers of two
+        carries the value of every leaf at each instant as the bits of one integer (leaf
+        flips alternate, so +2^k on becoming true and -2^k on becoming false). Each segment's
+        expression is then a bit test on that state, and its membership started at the
+        instant after the last one at which it was false. One sort replaces a sweep per
+        ``all`` / ``any`` node; leaf timelines are still built only for members of the
+        segments that use them."""
+        self.step("timelines")
+        leaves: dict[ir.Test, int] = {}
+        ordered: list[ir.Leaf] = []
+
+        def collect(node: ir.Node) -> None:
+            while isinstance(node, ir.Ref):
+                node = node.child
+            if isinstance(node, ir.Leaf) and node.test not in leaves:
+                leaves[node.test] = len(ordered)
+                ordered.append(node)
+            elif isinstance(node, ir.All | ir.Any_):
+                for child in node.children:
+                    collect(child)
+            elif isinstance(node, ir.Not):
+                collect(node.child)
+
+        for segment in self.library.segments.values():
+            collect(segment.expression)
+        initial = [self.timeline(leaf) for leaf in ordered]  # (flips CTE, v0) per leaf
+        width = 62  # leaves per BIGINT state
+        chunks = max(1, math.ceil(len(ordered) / width))
+
+        def state_bit(node: ir.Node) -> str:
+            chunk, bit = divmod(leaves[node.test], width)
+            return f"((s{chunk} >> {bit}) & 1 = 1)"
+
+        def value_sql(node: ir.Node) -> str:
+            while isinstance(node, ir.Ref):
+                node = node.child
+            if isinstance(node, ir.Leaf):
+                return state_bit(node)
+            if isinstance(node, ir.All | ir.Any_):
+                joiner = " AND " if isinstance(node, ir.All) else " OR "
+                return "(" + joiner.join(value_sql(c) for c in node.children) + ")"
+            if isinstance(node, ir.Not):
+                return f"(NOT {value_sql(node.child)})"
+            return "true" if node.value else "false"
+
+        def value_before_flips(node: ir.Node) -> bool:
+            while isinstance(node, ir.Ref):
+                node = node.child
+            if isinstance(node, ir.Leaf):
+                return initial[leaves[node.test]][1]
+            if isinstance(node, ir.All):
+                return all(value_before_flips(c) for c in node.children)
+            if isinstance(node, ir.Any_):
+                return any(value_before_flips(c) for c in node.children)
+            if isinstance(node, ir.Not):
+                return not value_before_flips(node.child)
+            return bool(node.value)
+
+        flips = []
+        for index, (name, _) in enumerate(initial):
+            self._use(name)
+            chunk, bit = divmod(index, width)
+            deltas = ", ".join(
+                f"(CASE WHEN v THEN {1 << bit} ELSE {-(1 << bit)} END)::BIGINT AS d{c}"
+                if c == chunk
+                else f"0::BIGINT AS d{c}"
+                for c in range(chunks)
+            )
+            flips.append(f"SELECT profile_id, t, {index} AS k, {deltas} FROM {name}")
+        bases = [0] * chunks
+        for index, (_, v0) in enumerate(initial):
+            if v0:
+                bases[index // width] |= 1 << (index % width)
+        sums = ", ".join(f"({bases[c]} + sum(d{c}) OVER o)::BIGINT AS s{c}" for c in range(chunks))
+        names = list(self.library.segments)
+        aggregates, parts = [], []
+        for j, name in enumerate(names):
+            expression = self.library.segments[name].expression
+            value = value_sql(expression)
+            v0 = _literal(value_before_flips(expression))
+            aggregates.append(
+                f"max(nt) FILTER (WHERE NOT {value}) AS f{j}, "
+                f"bool_or(nt IS NULL AND {value}) AS m{j}"
+            )
             members = ""
             if self.restrict is not None:
                 members = (
                     f"SEMI JOIN (SELECT profile_id FROM {self.members} "
                     f"WHERE mask & {self.bits[name]} <> 0) m USING (profile_id) "
                 )
-            return (
-                f"SELECT p.profile_id, {_literal(name)} AS segment, "
-                "make_timestamp(greatest(coalesce(l.t, p.first_ts), p.first_ts)) AS entered_at "
-                f"FROM {self.profiles} p {members}LEFT JOIN (SELECT profile_id, "
-                f"arg_max(v, t) AS v, max(t) AS t FROM {flips} GROUP BY profile_id) l "
-                "USING (profile_id) "
-                f"WHERE coalesce(l.v, {_literal(v0)})"
+            # Before any flip the segment has value v0; the last false instant's successor
+            # is when the current membership began.
+            start = (
+                f"CASE WHEN e.f{j} IS NOT NULL THEN e.f{j} WHEN {v0} THEN p.first_ts "
+                "ELSE coalesce(e.first_t, p.first_ts) END"
             )
-
-        table = self._timelines(last_flip, "segment, profile_id")
-        return table.cast(MEMBERSHIP_SCHEMA)
+            parts.append(
+                f"SELECT p.profile_id, {_literal(name)} AS segment, "
+                f"make_timestamp(greatest({start}, p.first_ts)) AS entered_at "
+                f"FROM {self.profiles} p {members}LEFT JOIN __states e USING (profile_id) "
+                f"WHERE coalesce(e.m{j}, {v0})"
+            )
+        ctes = [
+            f"{name} AS {'MATERIALIZED ' if self.uses.get(name, 0) > 1 else ''}({body})"
+            for name, body in self.ctes
+        ]
+        union = " UNION ALL ".join(f"({f})" for f in flips) or (
+            "SELECT NULL::UBIGINT AS profile_id, 0::BIGINT AS t, 0 AS k, 0::BIGINT AS d0 "
+            "WHERE false"
+        )
+        ctes.append(
+            f"__instants AS (SELECT profile_id, t, {', '.join(f's{c}' for c in range(chunks))}, nt "
+            f"FROM (SELECT profile_id, t, {sums}, lead(t) OVER o AS nt FROM ({union}) "
+            "WINDOW o AS (PARTITION BY profile_id ORDER BY t, k "
+            "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)) "
+            "WHERE nt IS NULL OR nt <> t)"  # the last flip of an instant sees all of them
+        )
+        ctes.append(
+            f"__states AS MATERIALIZED (SELECT profile_id, min(t) AS first_t, "
+            f"{', '.join(aggregates)} FROM __instants GROUP BY profile_id)"
+        )
+        statement = (
+            "WITH " + ",\n".join(ctes) + "\nSELECT k.name AS profile_id, x.segment, x.entered_at "
+            f"FROM ({' UNION ALL '.join(f'({p})' for p in parts)}) x "
+            f"JOIN {self.keys} k USING (profile_id) ORDER BY x.segment, k.name"
+        )
+        return self.connection.sql(statement).to_arrow_table().cast(MEMBERSHIP_SCHEMA)
 
     def timeline_history(self) -> pa.Table:
         """Every flip of every segment up to the cutoff, plus each profile's state when it
