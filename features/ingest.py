@@ -20,12 +20,13 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import orjson
 import pyarrow as pa
 
@@ -55,6 +56,9 @@ _SUFFIX_FORMATS = {
 DEFAULT_BATCH_SIZE = 100_000
 _DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
 _PARALLEL_BYTES = 32 << 20
+# Lines per DuckDB query on the vectorised path: planning one costs ~0.1 s, so blocks are big.
+_VECTORISED_CHUNK_BYTES = 32 << 20
+_VECTORISED_SCAN_ROWS = 8192
 
 
 class InputError(Exception):
@@ -72,7 +76,7 @@ class IngestOptions:
     workers: int | None = None  # processes decoding JSON lines; None: 2 for files over 32 MB
     # Normalise well-formed lines in one DuckDB query (same meaning). Off by default: measured
     # at ~24 µs CPU per line against ~15 µs for the Python path (benchmarks/bench_normalise.py).
-    vectorised: bool = False
+    vectorised: bool = True
 
 
 @dataclass
@@ -187,6 +191,8 @@ def normalise_chunk(
 ) -> list[tuple[pa.Table, pa.Table, int]]:
     """Normalise a block of whole JSON lines into pieces of at most ``options.batch_size``
     lines; a pure function, so worker processes can run it."""
+    if options.vectorised:
+        return _normalise_chunk_vectorised(first_line, chunk, options, source)
     lines = chunk.split(b"\n")
     # Decoding allocates millions of short-lived dicts that reference counting frees; the
     # cyclic collector only slows this down (measured several-fold on the simulator's output).
@@ -207,36 +213,86 @@ def normalise_chunk(
             gc.enable()
 
 
+def _normalise_chunk_vectorised(
+    first_line: int, chunk: bytes, options: IngestOptions, source: str
+) -> list[tuple[pa.Table, pa.Table, int]]:
+    """``normalise_chunk`` with one DuckDB query for the whole block (planning a query costs
+    ~0.1 s, so blocks are large); the lines it does not claim go through the reference path.
+
+    The block's lines become an Arrow string column straight from its bytes (no Python object
+    per line); pieces of ``options.batch_size`` lines are cut from the result afterwards.
+    """
+    data = np.frombuffer(chunk, dtype=np.uint8)
+    newlines = np.flatnonzero(data == 10)
+    starts = np.concatenate(([0], newlines + 1))
+    ends = np.concatenate((newlines, [len(chunk)]))
+    if ends[-1] == starts[-1]:  # the block ends with a newline: no line after it
+        starts, ends = starts[:-1], ends[:-1]
+    lengths = ends - starts
+    # The text of every line without its newline: drop the newline bytes, shift the offsets.
+    text = np.delete(data, newlines) if len(newlines) else data
+    offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int32)
+    raw = pa.StringArray.from_buffers(
+        len(lengths), pa.py_buffer(offsets), pa.py_buffer(text.tobytes())
+    )
+    positions = np.arange(first_line, first_line + len(lengths), dtype=np.int64)
+    candidate = (lengths > 0) & (lengths <= MAX_RECORD_BYTES)
+    try:
+        raw.validate(full=True)  # UTF-8 throughout; otherwise decide line by line
+    except pa.ArrowInvalid:
+        for index in np.flatnonzero(candidate):
+            if _fast_candidate(chunk[starts[index] : ends[index]]) is None:
+                candidate[index] = False
+        raw = pa.array(
+            [
+                chunk[a:b].decode("utf-8") if ok else ""
+                for a, b, ok in zip(starts, ends, candidate, strict=True)
+            ],
+            pa.string(),
+        )
+    lines = pa.table({"position": positions, "raw": raw})
+    if not candidate.all():
+        lines = lines.filter(pa.array(candidate))
+    # Several record batches, so that DuckDB's threads share the scan (one batch is one thread).
+    lines = pa.Table.from_batches(lines.to_batches(max_chunksize=_VECTORISED_SCAN_ROWS))
+    claimed, _ = normalise_lines(lines, options.normalise)
+    claimed_positions = claimed.column("position").to_numpy()
+    by_python = np.ones(len(lengths), dtype=bool)
+    by_python[claimed_positions - first_line] = False
+    python_lines = np.flatnonzero(by_python & (lengths > 0))
+
+    pieces = []
+    for start in range(0, len(lengths), options.batch_size):
+        stop = min(start + options.batch_size, len(lengths))
+        low, high = np.searchsorted(claimed_positions, [first_line + start, first_line + stop])
+        piece_claimed = claimed.slice(low, high - low)
+        chosen = python_lines[
+            np.searchsorted(python_lines, start) : np.searchsorted(python_lines, stop)
+        ]
+        numbered = [(first_line + int(i), chunk[starts[i] : ends[i]]) for i in chosen]
+        records = list(_json_lines(numbered))
+        rows, row_positions, dead = _normalise_records(records, options, source)
+        read = len(records) + piece_claimed.num_rows
+        if not read:
+            continue
+        if rows:
+            events = _events_table(rows)
+            events = events.add_column(0, "position", pa.array(row_positions, pa.int64()))
+            merged = pa.concat_tables([piece_claimed, events]).sort_by("position")  # stable
+        else:
+            merged = piece_claimed
+        pieces.append((merged.drop_columns(["position"]), _dead_letter_table(dead), read))
+    return pieces
+
+
 def _normalise_numbered_lines(
     numbered: list[tuple[int, bytes]], options: IngestOptions, source: str
 ) -> tuple[pa.Table, pa.Table, int]:
-    """(events, dead letters, records read) for numbered JSON lines, in line order.
-
-    Well-formed lines are normalised in one DuckDB query (``features.vectorised``, same meaning
-    as the reference); the rest, and everything when ``options.vectorised`` is off, go through
-    ``normalise_message`` one by one, which also writes the dead-letter reasons.
-    """
-    claimed = None
-    rest = numbered
-    if options.vectorised:
-        candidates = [(n, text) for n, line in numbered if (text := _fast_candidate(line))]
-        if candidates:
-            positions, texts = zip(*candidates, strict=True)
-            lines = pa.table(
-                {"position": pa.array(positions, pa.int64()), "raw": pa.array(texts, pa.string())}
-            )
-            claimed, _ = normalise_lines(lines, options.normalise)
-            taken = set(claimed.column("position").to_pylist())
-            rest = [(n, line) for n, line in numbered if n not in taken]
-    records = list(_json_lines(rest))
-    rows, row_positions, dead = _normalise_records(records, options, source)
-    read = len(records)
-    events = _events_table(rows)
-    if claimed is None or claimed.num_rows == 0:
-        return events, _dead_letter_table(dead), read
-    events = events.add_column(0, "position", pa.array(row_positions, pa.int64()))
-    merged = pa.concat_tables([claimed, events]).sort_by("position")  # a stable sort
-    return merged.drop_columns(["position"]), _dead_letter_table(dead), read + claimed.num_rows
+    """(events, dead letters, records read) for numbered JSON lines, in line order, through
+    ``normalise_message`` one by one (which also writes the dead-letter reasons)."""
+    records = list(_json_lines(numbered))
+    rows, _, dead = _normalise_records(records, options, source)
+    return _events_table(rows), _dead_letter_table(dead), len(records)
 
 
 def _fast_candidate(line: bytes) -> str | None:
@@ -271,6 +327,9 @@ def _segment_batches(
             records = _document_records(document)
             yield from _normalise_in_batches(records, options, source, options.batch_size)
             return
+        if options.vectorised:
+            yield from _vectorised_pipeline(stream, options, source, on_progress)
+            return
         chunks = _line_chunks(stream)
         workers = options.workers or (_DEFAULT_WORKERS if _size(path) > _PARALLEL_BYTES else 1)
         if workers <= 1:
@@ -292,6 +351,25 @@ def _segment_batches(
                     yield from _collect(in_flight.popleft(), on_progress)
             while in_flight:
                 yield from _collect(in_flight.popleft(), on_progress)
+
+
+def _vectorised_pipeline(
+    stream: BinaryIO, options: IngestOptions, source: str, on_progress: ProgressCallback | None
+) -> Iterator[tuple[pa.Table, pa.Table, int]]:
+    """Normalise large blocks in DuckDB on a helper thread while the caller appends the block
+    before: DuckDB runs without the GIL, so reading/normalising and appending overlap."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: tuple[int, Future] | None = None
+        for first_line, chunk in _line_chunks(stream, _VECTORISED_CHUNK_BYTES):
+            submitted = (
+                len(chunk),
+                pool.submit(normalise_chunk, first_line, chunk, options, source),
+            )
+            if pending is not None:
+                yield from _collect(pending, on_progress)
+            pending = submitted
+        if pending is not None:
+            yield from _collect(pending, on_progress)
 
 
 def _collect(

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import duckdb
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -683,6 +684,13 @@ def normalise_lines(
     """
     _check_lines(lines)
     options = options or NormaliseOptions()
+    scanned = lines.select(["position", "raw"])
+    positions = scanned.column("position").to_numpy()
+    ordered = scanned.column("position").null_count == 0 and bool(
+        (positions[1:] > positions[:-1]).all()
+    )
+    if not ordered:  # one batch is scanned by one thread, in order
+        scanned = scanned.combine_chunks()
     with _lock:
         global _default_connection
         if connection is None:
@@ -699,13 +707,19 @@ def normalise_lines(
         if connection not in _prepared:
             _register(connection)
             _prepared.add(connection)
-        connection.register(_LINES_VIEW, lines.select(["position", "raw"]))
+        connection.register(_LINES_VIEW, scanned)
         try:
             result = connection.sql(
                 NORMALISE_SQL, params={"phone_region": options.phone_region}
             ).to_arrow_table()
         finally:
             connection.unregister(_LINES_VIEW)
+    if ordered:
+        # DuckDB scans the batches of ``lines`` on several threads and may then return rows out
+        # of order; positions increase in the input, so sorting by them restores its order.
+        positions = result.column("position").to_numpy()
+        if len(positions) > 1 and not (positions[1:] > positions[:-1]).all():
+            result = result.take(np.argsort(positions, kind="stable"))
     is_claimed = result.column("is_claimed")
     events = result.filter(is_claimed).select(CLAIMED_SCHEMA.names).cast(CLAIMED_SCHEMA)
     unclaimed = (
