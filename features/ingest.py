@@ -39,7 +39,7 @@ from features.contract import (
 from features.identity import update_identity
 from features.store import DEAD_LETTER_SCHEMA, EVENT_SCHEMA, AppendResult, EventStore
 from features.tabular import MappingError, TabularMapping, read_tabular_messages
-from features.vectorised import normalise_lines
+from features.vectorised import CLAIMED_SCHEMA, normalise_lines
 
 logger = logging.getLogger(__name__)
 
@@ -254,8 +254,13 @@ def _normalise_chunk_vectorised(
     if not candidate.all():
         lines = lines.filter(pa.array(candidate))
     # Several record batches, so that DuckDB's threads share the scan (one batch is one thread).
-    lines = pa.Table.from_batches(lines.to_batches(max_chunksize=_VECTORISED_SCAN_ROWS))
-    claimed, _ = normalise_lines(lines, options.normalise)
+    lines = pa.Table.from_batches(
+        lines.to_batches(max_chunksize=_VECTORISED_SCAN_ROWS), schema=lines.schema
+    )
+    if lines.num_rows:
+        claimed, _ = normalise_lines(lines, options.normalise)
+    else:
+        claimed = CLAIMED_SCHEMA.empty_table()
     claimed_positions = claimed.column("position").to_numpy()
     by_python = np.ones(len(lengths), dtype=bool)
     by_python[claimed_positions - first_line] = False
