@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import tempfile
 import time
@@ -24,6 +25,12 @@ from features.profile_source import default_profile_source
 from features.sequences import SequenceConfig, sequences_sql, to_sequences
 from features.simulate import simulate
 from features.store import EventStore
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process and its DuckDB threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss_mb() -> float:
@@ -48,24 +55,32 @@ def main() -> None:
             events = store.count()
             last = connection.sql("SELECT max(timestamp) FROM events").fetchall()[0][0]
             source = default_profile_source(store.connection)
-            view = source.events_as_of(connection, last)
 
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), cpu_seconds()
+            view = source.events_as_of(connection, last)  # as-of identity, once per cutoff
+            identity_seconds = time.perf_counter() - started
             aggregates = connection.sql(aggregates_sql(view, last)).to_arrow_table()
-            aggregate_seconds = time.perf_counter() - started
+            aggregate_seconds = time.perf_counter() - started - identity_seconds
             config = SequenceConfig()
             started = time.perf_counter()
             rows = connection.sql(sequences_sql(view, last, config)).to_arrow_table()
             sequences = to_sequences(rows, config)
             sequence_seconds = time.perf_counter() - started
+            one_cutoff_cpu = cpu_seconds() - cpu
             print(
                 json.dumps(
                     {
                         "measure": "one cutoff",
                         "events": events,
                         "profiles": aggregates.num_rows,
+                        "identity_as_of_seconds": round(identity_seconds, 2),
                         "aggregate_seconds": round(aggregate_seconds, 2),
                         "sequence_seconds": round(sequence_seconds, 2),
+                        "wall_seconds": round(
+                            identity_seconds + aggregate_seconds + sequence_seconds, 2
+                        ),
+                        "cpu_seconds": round(one_cutoff_cpu, 2),
+                        "load_average": round(os.getloadavg()[0], 2),
                         "sequence_length": config.length,
                         "sequence_profiles": len(sequences),
                         "peak_rss_mb": round(peak_rss_mb()),
@@ -74,7 +89,7 @@ def main() -> None:
             )
 
             cutoffs = [last - timedelta(days=7 * k + 14) for k in range(8)]
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), cpu_seconds()
             examples = sends = 0
             for cutoff in cutoffs:
                 built = build_examples(connection, source, cutoff, ExampleConfig())
@@ -88,6 +103,8 @@ def main() -> None:
                         "examples": examples,
                         "send_labels": sends,
                         "seconds": round(seconds, 2),
+                        "cpu_seconds": round(cpu_seconds() - cpu, 2),
+                        "load_average": round(os.getloadavg()[0], 2),
                         "examples_per_second": round(examples / seconds),
                         "peak_rss_mb": round(peak_rss_mb()),
                     }

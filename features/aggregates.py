@@ -71,12 +71,22 @@ def _in(names: tuple[str, ...]) -> str:
     return "event IN (" + ", ".join(f"'{n}'" for n in names) + ")"
 
 
+# The wide per-profile aggregate reads ``condensed``: one row per profile, event, channel, type
+# and the smallest window holding the events (``window_days``; NULL when older than them all).
+# Each window is a union of those buckets, so counting rows of buckets is exact, and it reads
+# a fraction of the rows the events have.
+
+
 def _within(days: int) -> str:
-    return f"timestamp > @at - INTERVAL {days} DAY"
+    return f"window_days <= {days}"
+
+
+def _count(condition: str) -> str:
+    return f"coalesce(sum(n) FILTER ({condition}), 0)::BIGINT"
 
 
 def _hours_since(condition: str) -> str:
-    return f"date_diff('microsecond', max(timestamp) FILTER ({condition}), @at) / 3.6e9"
+    return f"date_diff('microsecond', max(last_at) FILTER ({condition}), @at) / 3.6e9"
 
 
 def timestamp_literal(at: datetime) -> str:
@@ -90,71 +100,99 @@ def timestamp_literal(at: datetime) -> str:
 
 def aggregates_sql(profile_events: str, at: datetime) -> str:
     """SQL for one row per profile with an event at or before ``at``: AGGREGATE_COLUMNS."""
+    ordered = "event = 'Order Completed'"
     columns = [
-        "min(timestamp) AS first_seen_at",
-        "max(timestamp) AS last_seen_at",
-        "count(*) AS events_total",
-        "count(*) FILTER (event = 'Order Completed') AS orders_total",
-        "coalesce(sum(revenue) FILTER (event = 'Order Completed'), 0) AS revenue_total",
-        "count(*) FILTER (event = 'Order Cancelled') AS cancellations_total",
-        "max(timestamp) FILTER (event = 'Order Completed') AS last_order_at",
-        "date_diff('microsecond', max(timestamp) FILTER (event = 'Order Completed'), @at) / 8.64e10"
+        "min(first_at) AS first_seen_at",
+        "max(last_at) AS last_seen_at",
+        "sum(n)::BIGINT AS events_total",
+        f"{_count(ordered)} AS orders_total",
+        f"coalesce(sum(revenue) FILTER ({ordered}), 0) AS revenue_total",
+        _count("event = 'Order Cancelled'") + " AS cancellations_total",
+        f"max(last_at) FILTER ({ordered}) AS last_order_at",
+        f"date_diff('microsecond', max(last_at) FILTER ({ordered}), @at) / 8.64e10"
         " AS days_since_last_order",
-        "date_diff('microsecond', min(timestamp) FILTER (event = 'Order Completed'), @at) / 8.64e10"
+        f"date_diff('microsecond', min(first_at) FILTER ({ordered}), @at) / 8.64e10"
         " AS days_since_first_order",
-        "sum(revenue) FILTER (event = 'Order Completed')"
-        " / nullif(count(*) FILTER (event = 'Order Completed'), 0) AS average_order_value",
+        f"sum(revenue) FILTER ({ordered}) / nullif(sum(n) FILTER ({ordered}), 0)"
+        " AS average_order_value",
     ]
     for days in WINDOWS_DAYS:
         recent = _within(days)
         columns += [
-            f"count(*) FILTER (event = 'Order Completed' AND {recent}) AS orders_{days}d",
-            f"coalesce(sum(revenue) FILTER (event = 'Order Completed' AND {recent}), 0)"
-            f" AS revenue_{days}d",
+            f"{_count(f'{ordered} AND {recent}')} AS orders_{days}d",
+            f"coalesce(sum(revenue) FILTER ({ordered} AND {recent}), 0) AS revenue_{days}d",
         ]
+    output = ["p.profile_id"]  # the final column order, which AGGREGATE_COLUMNS documents
+    output += [f"p.{c.rsplit(' AS ', 1)[1]}" for c in columns]
+    send_columns = []  # counted over the sends CTE, one row per send
     for channel in MESSAGE_CHANNELS:
         for days in WINDOWS_DAYS:
             recent = _within(days)
-            columns.append(
-                f"count(DISTINCT coalesce(send_id, message_id)) FILTER"
-                f" ({_in(_SENT[channel])} AND {recent}) AS {channel}_sent_{days}d"
-            )
+            name = f"{channel}_sent_{days}d"
+            send_columns.append(f"count(*) FILTER (channel = '{channel}' AND {recent}) AS {name}")
+            output.append(f"coalesce(s.{name}, 0) AS {name}")
             if channel in _OPENED:
                 columns.append(
-                    f"count(*) FILTER ({_in(_OPENED[channel])} AND {recent})"
-                    f" AS {channel}_opened_{days}d"
+                    f"{_count(f'{_in(_OPENED[channel])} AND {recent}')} AS {channel}_opened_{days}d"
                 )
+                output.append(f"p.{channel}_opened_{days}d")
             columns.append(
-                f"count(*) FILTER ({_in(_CLICKED[channel])} AND {recent})"
-                f" AS {channel}_clicked_{days}d"
+                f"{_count(f'{_in(_CLICKED[channel])} AND {recent}')} AS {channel}_clicked_{days}d"
             )
+            output.append(f"p.{channel}_clicked_{days}d")
         engaged = _OPENED.get(channel, ()) + _CLICKED[channel]
         columns.append(f"{_hours_since(_in(engaged))} AS hours_since_{channel}_engagement")
+        output.append(f"p.hours_since_{channel}_engagement")
+    tail = []
     for channel in SITE_CHANNELS:
-        for days in WINDOWS_DAYS:
-            columns.append(
-                f"count(*) FILTER (channel = '{channel}' AND {_within(days)}"
-                f" AND type IN ('track', 'page', 'screen')) AS {channel}_events_{days}d"
-            )
         activity = f"channel = '{channel}' AND type IN ('track', 'page', 'screen')"
-        columns.append(f"{_hours_since(activity)} AS hours_since_{channel}_activity")
-    columns += [
+        for days in WINDOWS_DAYS:
+            tail.append(f"{_count(f'{activity} AND {_within(days)}')} AS {channel}_events_{days}d")
+        tail.append(f"{_hours_since(activity)} AS hours_since_{channel}_activity")
+    tail += [
         f"{_hours_since(_in(_ENGAGEMENT))} AS hours_since_last_engagement",
-        f"count(*) FILTER (event = 'Product Viewed' AND {_within(30)}) AS product_views_30d",
-        f"count(DISTINCT category) FILTER ({_in(_BROWSE)} AND {_within(30)})"
-        " AS categories_viewed_30d",
-        f"arg_max(category, timestamp) FILTER ({_in(_BROWSE)} AND category IS NOT NULL)"
-        " AS last_viewed_category",
+        _count(f"event = 'Product Viewed' AND {_within(30)}") + " AS product_views_30d",
+    ]
+    columns += tail
+    output += [f"p.{c.rsplit(' AS ', 1)[1]}" for c in tail]
+    output += ["coalesce(b.categories_viewed_30d, 0) AS categories_viewed_30d"]
+    output += ["b.last_viewed_category"]
+    flags = [
         "bool_or(event = 'Unsubscribed') AS email_unsubscribed",
         "bool_or(event = 'Email Bounced') AS email_hard_bounced",
         "bool_or(event = 'Email Marked as Spam') AS email_complained",
         "bool_or(event = 'SMS Opted Out') AS sms_opted_out",
     ]
+    columns += flags
+    output += [f"p.{c.rsplit(' AS ', 1)[1]}" for c in flags]
+
     at_sql = timestamp_literal(at)
     aggregate_list = ",\n        ".join(columns).replace("@at", at_sql)
+    output_list = ",\n       ".join(output)
+    send_list = ",\n        ".join(send_columns)
+    send_channel = " ".join(
+        f"WHEN {_in(_SENT[channel])} THEN '{channel}'" for channel in MESSAGE_CHANNELS
+    )
+    send_names = tuple(name for channel in MESSAGE_CHANNELS for name in _SENT[channel])
+    buckets = " ".join(
+        f"WHEN timestamp > {at_sql} - INTERVAL {days} DAY THEN {days}" for days in WINDOWS_DAYS
+    )
     return f"""
 WITH visible AS (
     SELECT * FROM {profile_events} WHERE timestamp <= {at_sql}
+),
+condensed AS (
+    SELECT profile_id, event, channel, type, CASE {buckets} END AS window_days,
+           count(*) AS n, sum(revenue) AS revenue,
+           min(timestamp) AS first_at, max(timestamp) AS last_at
+    FROM visible GROUP BY ALL
+),
+browsing AS (
+    SELECT profile_id,
+           count(DISTINCT category) FILTER (timestamp > {at_sql} - INTERVAL 30 DAY)
+               AS categories_viewed_30d,
+           arg_max(category, timestamp) FILTER (category IS NOT NULL) AS last_viewed_category
+    FROM visible WHERE {_in(_BROWSE)} GROUP BY profile_id
 ),
 last_orders AS (
     SELECT profile_id, max(timestamp) AS last_order_at
@@ -171,15 +209,33 @@ carts AS (
       AND (o.last_order_at IS NULL OR v.timestamp > o.last_order_at)
     GROUP BY v.profile_id
 ),
+sends AS (
+    -- One row per send: it may be logged twice (Sent, then Delivered) under one send_id. A
+    -- send is in a window when its latest record is, which is when any of its records is.
+    SELECT profile_id, channel, CASE {buckets} END AS window_days
+    FROM (
+        SELECT profile_id, CASE {send_channel} END AS channel, max(timestamp) AS timestamp
+        FROM visible WHERE {_in(send_names)}
+        GROUP BY profile_id, coalesce(send_id, message_id), 2
+    )
+),
+send_counts AS (
+    SELECT profile_id,
+        {send_list}
+    FROM sends GROUP BY profile_id
+),
 per_profile AS (
     SELECT profile_id,
         {aggregate_list}
-    FROM visible GROUP BY profile_id
+    FROM condensed GROUP BY profile_id
 )
-SELECT p.*,
+SELECT {output_list},
        c.profile_id IS NOT NULL AS cart_open,
        coalesce(c.checkout_value, c.added_value, 0) AS cart_value,
        date_diff('microsecond', c.cart_started_at, {at_sql}) / 3.6e9 AS cart_age_hours
-FROM per_profile AS p LEFT JOIN carts AS c USING (profile_id)
+FROM per_profile AS p
+LEFT JOIN carts AS c USING (profile_id)
+LEFT JOIN send_counts AS s USING (profile_id)
+LEFT JOIN browsing AS b USING (profile_id)
 ORDER BY p.profile_id
 """

@@ -40,11 +40,10 @@ class IdentityProfiles:
 
     def events_as_of(self, connection: duckdb.DuckDBPyConnection, at: datetime) -> str:
         where = f"e.timestamp <= {timestamp_literal(at)}"
-        mapping = event_profiles_sql(where=where, identifiers=self._as_of_identifiers(at))
-        return (
-            f"(SELECT p.profile_id, e.* FROM events AS e JOIN ({mapping}) AS p USING (message_id)"
-            " WHERE p.profile_id IS NOT NULL)"
+        mapped = event_profiles_sql(
+            where=where, identifiers=self._as_of_identifiers(at), columns="e.*"
         )
+        return f"(SELECT * FROM ({mapped}) WHERE profile_id IS NOT NULL)"
 
     def label_profiles(self, connection: duckdb.DuckDBPyConnection, at: datetime) -> str:
         # The final profile holding most of an as-of profile's identifiers.
@@ -57,11 +56,10 @@ class IdentityProfiles:
         )"""
 
     def label_events(self, connection: duckdb.DuckDBPyConnection) -> str:
-        mapping = event_profiles_sql(where=self._limit())
+        mapped = event_profiles_sql(where=self._limit(), columns="e.*")
         return (
-            f"(SELECT p.profile_id AS label_profile_id, e.* FROM events AS e"
-            f" JOIN ({mapping}) AS p USING (message_id) WHERE p.profile_id IS NOT NULL"
-            + (f" AND {self._limit()})" if self.until else ")")
+            f"(SELECT * EXCLUDE (profile_id), profile_id AS label_profile_id FROM ({mapped})"
+            " WHERE profile_id IS NOT NULL)"
         )
 
 

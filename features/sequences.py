@@ -13,6 +13,7 @@ from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.aggregates import timestamp_literal
 from features.contract import CANONICAL_EVENTS, CHANNELS
@@ -58,46 +59,64 @@ def token_of(event: str, channel: str) -> int:
     return 1 + event_index * len(CHANNELS) + CHANNELS.index(channel)
 
 
-def _case(column: str, values: tuple[str, ...], default: int) -> str:
-    whens = " ".join(f"WHEN '{v}' THEN {i}" for i, v in enumerate(values))
-    return f"CASE {column} {whens} ELSE {default} END"
+def _values(column: str, values: tuple[str, ...]) -> str:
+    """A VALUES relation (column, index) of ``values`` in order."""
+    rows = ", ".join(f"('{v}', {i})" for i, v in enumerate(values))
+    return f"(VALUES {rows}) AS t({column}, {column}_index)"
 
 
 def sequences_sql(profile_events: str, at: datetime, config: SequenceConfig) -> str:
     """SQL: one row per (profile, one of its last N events), with ``slot`` = position from
     the end (0 = most recent)."""
     at_sql = timestamp_literal(at)
-    event_index = _case("event", EVENT_VOCABULARY, len(EVENT_VOCABULARY) - 1)
-    channel_index = _case("channel", CHANNELS, 0)
+    other = len(EVENT_VOCABULARY) - 1
     return f"""
 WITH visible AS (
     SELECT profile_id, message_id, timestamp, event, channel, revenue, category
     FROM {profile_events} WHERE timestamp <= {at_sql}
 ),
 ranked AS (
+    -- One ordering, newest first: the previous event in time is the next row.
     SELECT *,
-        lag(timestamp) OVER (PARTITION BY profile_id ORDER BY timestamp, message_id) AS previous_at,
-        row_number() OVER (PARTITION BY profile_id ORDER BY timestamp DESC, message_id DESC) - 1
-            AS slot
+        lead(timestamp) OVER newest_first AS previous_at,
+        row_number() OVER newest_first - 1 AS slot
     FROM visible
+    WINDOW newest_first AS (PARTITION BY profile_id ORDER BY timestamp DESC, message_id DESC)
+    QUALIFY slot < {config.length}
+),
+-- Names and categories are looked up once per distinct value, not once per event.
+event_names AS (SELECT * FROM {_values("event", EVENT_VOCABULARY)}),
+channel_names AS (SELECT * FROM {_values("channel", CHANNELS)}),
+categories AS (
+    SELECT category, (md5_number(category) % {config.category_buckets}) + 1 AS category_id
+    FROM (SELECT DISTINCT category FROM ranked WHERE category IS NOT NULL)
 )
-SELECT profile_id, slot,
-    1 + ({event_index}) * {len(CHANNELS)} + ({channel_index}) AS token,
-    ln(1 + coalesce(date_diff('microsecond', previous_at, timestamp), 0) / 3.6e9) AS gap_previous,
-    ln(1 + date_diff('microsecond', timestamp, {at_sql}) / 3.6e9) AS gap_to_cutoff,
-    (isodow(timestamp) - 1) * 24 + hour(timestamp) AS hour_of_week,
-    sign(coalesce(revenue, 0)) * ln(1 + abs(coalesce(revenue, 0))) AS value,
-    CASE WHEN category IS NULL THEN 0
-         ELSE (md5_number(category) % {config.category_buckets}) + 1 END AS category
-FROM ranked WHERE slot < {config.length}
-ORDER BY profile_id, slot
+SELECT r.profile_id, r.slot,
+    1 + coalesce(e.event_index, {other}) * {len(CHANNELS)} + coalesce(c.channel_index, 0)
+        AS token,
+    ln(1 + coalesce(date_diff('microsecond', r.previous_at, r.timestamp), 0) / 3.6e9)
+        AS gap_previous,
+    ln(1 + date_diff('microsecond', r.timestamp, {at_sql}) / 3.6e9) AS gap_to_cutoff,
+    (isodow(r.timestamp) - 1) * 24 + hour(r.timestamp) AS hour_of_week,
+    sign(coalesce(r.revenue, 0)) * ln(1 + abs(coalesce(r.revenue, 0))) AS value,
+    coalesce(k.category_id, 0) AS category
+FROM ranked AS r
+LEFT JOIN event_names AS e USING (event)
+LEFT JOIN channel_names AS c USING (channel)
+LEFT JOIN categories AS k USING (category)
+ORDER BY r.profile_id, r.slot
 """
 
 
 def to_sequences(rows: pa.Table, config: SequenceConfig) -> Sequences:
     """Pack the rows of :func:`sequences_sql` into left-padded arrays."""
-    profile_column = rows.column("profile_id").to_numpy(zero_copy_only=False)
-    profile_ids, row_index = np.unique(profile_column, return_inverse=True)
+    # Rows come sorted by profile: a profile's row index counts the changes of profile id.
+    profiles = rows.column("profile_id").combine_chunks()
+    starts = np.ones(len(profiles), dtype=bool)
+    if len(profiles) > 1:
+        starts[1:] = pc.not_equal(profiles[1:], profiles[:-1]).to_numpy(zero_copy_only=False)
+    row_index = np.cumsum(starts) - 1
+    profile_ids = profiles.filter(pa.array(starts)).to_numpy(zero_copy_only=False)
     length = config.length
     column_index = length - 1 - rows.column("slot").to_numpy().astype(np.int64)
     shape = (len(profile_ids), length)

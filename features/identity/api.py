@@ -367,16 +367,20 @@ def identity_stats(store: EventStore) -> dict[str, Any]:
 
 
 def event_profiles_sql(
-    rules: IdentityRules | None = None, where: str = "", identifiers: str = "identity_identifiers"
+    rules: IdentityRules | None = None,
+    where: str = "",
+    identifiers: str = "identity_identifiers",
+    columns: str = "e.message_id",
 ) -> str:
     """SQL giving each event's profile: that of its highest-priority identifier that belongs to
-    one (columns message_id, profile_id; NULL when none does). ``where`` filters ``events e``;
-    ``identifiers`` names a relation with identifier_type, identifier, profile_id."""
+    one (columns ``columns``, profile_id; NULL when none does). ``where`` filters ``events e``;
+    ``identifiers`` names a relation with identifier_type, identifier, profile_id. ``columns``
+    ``"e.*"`` gives whole events in one pass, without joining back on message_id."""
     rules = rules or load_rules()
-    columns = {"anonymous_id": ["anonymous_id", "previous_id"]}
+    event_columns = {"anonymous_id": ["anonymous_id", "previous_id"]}
     joins, picks = [], []
     for rank, kind in enumerate(rules.types):
-        for k, column in enumerate(columns.get(kind, [kind])):
+        for k, column in enumerate(event_columns.get(kind, [kind])):
             alias = f"i{rank}_{k}"
             joins.append(
                 f"LEFT JOIN {identifiers} {alias} ON {alias}.identifier_type = '{kind}' "
@@ -384,7 +388,7 @@ def event_profiles_sql(
             )
             picks.append(f"{alias}.profile_id")
     return (
-        f"SELECT e.message_id, coalesce({', '.join(picks)}) AS profile_id FROM events e "
+        f"SELECT {columns}, coalesce({', '.join(picks)}) AS profile_id FROM events e "
         + " ".join(joins)
         + (f" WHERE {where}" if where else "")
     )
