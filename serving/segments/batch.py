@@ -495,6 +495,7 @@ class _Run:
         # Timelines only for members (entered_at): node -> bit mask of the segments using it.
         self.restrict: dict[ir.Node, int] | None = None
         self.island_bases: dict[tuple[str, int], str] = {}  # (filter SQL, mask) -> CTE
+        self.base_masks: dict[str, int] = {}  # island base CTE -> the segments it serves
         self.counter = itertools.count()
         self.ctes: list[tuple[str, str]] = []  # timeline nodes in dependency order
         self.uses: dict[str, int] = {}  # how many readers each node's CTE has
@@ -846,46 +847,44 @@ class _Run:
         ``all`` / ``any`` node; leaf timelines are still built only for members of the
         segments that use them."""
         self.step("timelines")
+        names = list(self.library.segments)
+        expressions = {name: _fewer_flips(self.library.segments[name].expression) for name in names}
         leaves: dict[ir.Test, int] = {}
         ordered: list[ir.Leaf] = []
 
-        def collect(node: ir.Node) -> None:
-            while isinstance(node, ir.Ref):
-                node = node.child
-            if isinstance(node, ir.Leaf) and node.test not in leaves:
-                leaves[node.test] = len(ordered)
-                ordered.append(node)
+        def collect(node: ir.Node, bit: int) -> None:
+            if isinstance(node, ir.Leaf):
+                if node.test not in leaves:
+                    leaves[node.test] = len(ordered)
+                    ordered.append(node)
+                if self.restrict is not None:  # rewritten leaves: the segments using them now
+                    key = ir.Leaf(node.test)
+                    self.restrict[key] = self.restrict.get(key, 0) | bit
             elif isinstance(node, ir.All | ir.Any_):
                 for child in node.children:
-                    collect(child)
+                    collect(child, bit)
             elif isinstance(node, ir.Not):
-                collect(node.child)
+                collect(node.child, bit)
 
-        for segment in self.library.segments.values():
-            collect(segment.expression)
+        for k, name in enumerate(names):
+            collect(expressions[name], 1 << k)
         initial = [self.timeline(leaf) for leaf in ordered]  # (flips CTE, v0) per leaf
         width = 62  # leaves per BIGINT state
         chunks = max(1, math.ceil(len(ordered) / width))
 
-        def state_bit(node: ir.Node) -> str:
-            chunk, bit = divmod(leaves[node.test], width)
-            return f"((s{chunk} >> {bit}) & 1 = 1)"
-
-        def value_sql(node: ir.Node) -> str:
-            while isinstance(node, ir.Ref):
-                node = node.child
+        def value_sql(node: ir.Node, state: str = "s") -> str:
+            """The node's value at an instant, from the state bits in columns state<chunk>."""
             if isinstance(node, ir.Leaf):
-                return state_bit(node)
+                chunk, bit = divmod(leaves[node.test], width)
+                return f"(({state}{chunk} >> {bit}) & 1 = 1)"
             if isinstance(node, ir.All | ir.Any_):
                 joiner = " AND " if isinstance(node, ir.All) else " OR "
-                return "(" + joiner.join(value_sql(c) for c in node.children) + ")"
+                return "(" + joiner.join(value_sql(c, state) for c in node.children) + ")"
             if isinstance(node, ir.Not):
-                return f"(NOT {value_sql(node.child)})"
+                return f"(NOT {value_sql(node.child, state)})"
             return "true" if node.value else "false"
 
         def value_before_flips(node: ir.Node) -> bool:
-            while isinstance(node, ir.Ref):
-                node = node.child
             if isinstance(node, ir.Leaf):
                 return initial[leaves[node.test]][1]
             if isinstance(node, ir.All):
@@ -912,16 +911,13 @@ class _Run:
             if v0:
                 bases[index // width] |= 1 << (index % width)
         sums = ", ".join(f"({bases[c]} + sum(d{c}) OVER o)::BIGINT AS s{c}" for c in range(chunks))
-        names = list(self.library.segments)
         aggregates, parts = [], []
         for j, name in enumerate(names):
-            expression = self.library.segments[name].expression
+            expression = expressions[name]
             value = value_sql(expression)
             v0 = _literal(value_before_flips(expression))
-            aggregates.append(
-                f"max(nt) FILTER (WHERE NOT {value}) AS f{j}, "
-                f"bool_or(nt IS NULL AND {value}) AS m{j}"
-            )
+            final = value_sql(expression, "e.last_s")
+            aggregates.append(f"max(nt) FILTER (WHERE NOT {value}) AS f{j}")
             members = ""
             if self.restrict is not None:
                 members = (
@@ -938,7 +934,7 @@ class _Run:
                 f"SELECT p.profile_id, {_literal(name)} AS segment, "
                 f"make_timestamp(greatest({start}, p.first_ts)) AS entered_at "
                 f"FROM {self.profiles} p {members}LEFT JOIN __states e USING (profile_id) "
-                f"WHERE coalesce(e.m{j}, {v0})"
+                f"WHERE CASE WHEN e.profile_id IS NULL THEN {v0} ELSE {final} END"
             )
         ctes = [
             f"{name} AS {'MATERIALIZED ' if self.uses.get(name, 0) > 1 else ''}({body})"
@@ -956,8 +952,9 @@ class _Run:
             "WHERE nt IS NULL OR nt <> t)"  # the last flip of an instant sees all of them
         )
         ctes.append(
-            f"__states AS MATERIALIZED (SELECT profile_id, min(t) AS first_t, "
-            f"{', '.join(aggregates)} FROM __instants GROUP BY profile_id)"
+            "__states AS MATERIALIZED (SELECT profile_id, min(t) AS first_t, "
+            + "".join(f"arg_max(s{c}, t) AS last_s{c}, " for c in range(chunks))
+            + f"{', '.join(aggregates)} FROM __instants GROUP BY profile_id)"
         )
         statement = (
             "WITH " + ",\n".join(ctes) + "\nSELECT k.name AS profile_id, x.segment, x.entered_at "
@@ -1115,14 +1112,19 @@ class _Run:
         base = self._island_base(condition)
         self._use(base)
         length = test.start - end
+        # The base serves every windowed test on these events; keep this test's profiles only
+        # (fewer rows to sort downstream).
+        only = ""
+        if self.restrict is not None and self.restrict[ir.Leaf(test)] != self.base_masks[base]:
+            only = self._only(leaf)
         # An event entered the window by `at` if ts + end <= at; a later one is still pending.
         return f"""
             SELECT profile_id, ts + {end} AS t, {present} AS v FROM {base}
-              WHERE (prev IS NULL OR ts - prev > {length}) AND ts + {end} <= {at}
+              WHERE (prev IS NULL OR ts - prev > {length}) AND ts + {end} <= {at}{only}
             UNION ALL
             SELECT profile_id, ts + {test.start} AS t, {absent} AS v FROM {base}
               WHERE (next IS NULL OR next - ts > {length} OR next + {end} > {at})
-              AND ts + {test.start} <= {at}
+              AND ts + {test.start} <= {at}{only}
         """
 
     def _island_base(self, condition: str) -> str:
@@ -1146,7 +1148,67 @@ class _Run:
                 f"FROM (SELECT DISTINCT profile_id, ts FROM {self.events} WHERE {condition}{only}) "
                 "WINDOW w AS (PARTITION BY profile_id ORDER BY ts)"
             )
+            self.base_masks[self.island_bases[key]] = mask
         return self.island_bases[key]
+
+
+def _fewer_flips(node: ir.Node) -> ir.Node:
+    """An equivalent expression (references inlined) whose leaves flip less often, for the
+    timeline pass; membership at every instant is unchanged.
+
+    - "at most 0 matching events in a window" is "not (at least 1)": one leaf for both;
+    - within ``all``, "at least one matching event in (t - S, t - E]" next to "none at or
+      before t - S" is "at least one at or before t - E" (a first-time rule such as "first
+      email delivered in the last 30 days"): the window's many islands become one flip.
+    """
+    if isinstance(node, ir.Ref):
+        return _fewer_flips(node.child)
+    if isinstance(node, ir.Not):
+        return ir.Not(_fewer_flips(node.child), node.label, node.path)
+    if isinstance(node, ir.Leaf):
+        test = node.test
+        if (
+            isinstance(test, ir.Tally)
+            and test.measure == "count"
+            and (test.op, test.threshold) == ("<=", 0)
+        ):
+            twin = ir.Tally(test.filter, test.start, test.end, "count", ">=", 1)
+            return ir.Not(ir.Leaf(twin, node.label, node.path), node.label, node.path)
+        return node
+    if isinstance(node, ir.Any_):
+        return ir.Any_(tuple(_fewer_flips(c) for c in node.children), node.label, node.path)
+    if not isinstance(node, ir.All):
+        return node
+    children = [_fewer_flips(c) for c in node.children]
+    never_before = {  # (filter, S) of children "no matching event at or before t - S"
+        (c.child.test.filter, c.child.test.end)
+        for c in children
+        if isinstance(c, ir.Not)
+        and isinstance(c.child, ir.Leaf)
+        and _at_least_one(c.child.test)
+        and c.child.test.start is None
+    }
+    rewritten = []
+    for child in children:
+        test = child.test if isinstance(child, ir.Leaf) else None
+        if (
+            test is not None
+            and _at_least_one(test)
+            and test.start is not None
+            and (test.filter, test.start) in never_before
+        ):
+            ever = ir.Tally(test.filter, None, test.end, "count", ">=", 1)
+            child = ir.Leaf(ever, child.label, child.path)
+        rewritten.append(child)
+    return ir.All(tuple(rewritten), node.label, node.path)
+
+
+def _at_least_one(test: ir.Test) -> bool:
+    return (
+        isinstance(test, ir.Tally)
+        and test.measure == "count"
+        and (test.op, test.threshold) == (">=", 1)
+    )
 
 
 def _timestamp_literal(value: datetime) -> str:
