@@ -232,9 +232,7 @@ def _normalise_chunk_vectorised(
     # The text of every line without its newline: drop the newline bytes, shift the offsets.
     text = np.delete(data, newlines) if len(newlines) else data
     offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int32)
-    raw = pa.StringArray.from_buffers(
-        len(lengths), pa.py_buffer(offsets), pa.py_buffer(text.tobytes())
-    )
+    raw = pa.StringArray.from_buffers(len(lengths), pa.py_buffer(offsets), pa.py_buffer(text))
     positions = np.arange(first_line, first_line + len(lengths), dtype=np.int64)
     candidate = (lengths > 0) & (lengths <= MAX_RECORD_BYTES)
     try:

@@ -721,6 +721,10 @@ def normalise_lines(
         if len(positions) > 1 and not (positions[1:] > positions[:-1]).all():
             result = result.take(np.argsort(positions, kind="stable"))
     is_claimed = result.column("is_claimed")
+    if is_claimed.null_count == 0 and pc.all(is_claimed).as_py():  # the usual case: no copy
+        return result.select(CLAIMED_SCHEMA.names).cast(
+            CLAIMED_SCHEMA
+        ), _UNCLAIMED_SCHEMA.empty_table()
     events = result.filter(is_claimed).select(CLAIMED_SCHEMA.names).cast(CLAIMED_SCHEMA)
     unclaimed = (
         result.filter(pc.invert(is_claimed)).select(_UNCLAIMED_SCHEMA.names).cast(_UNCLAIMED_SCHEMA)
