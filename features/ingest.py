@@ -73,9 +73,10 @@ class IngestOptions:
     mapping: TabularMapping | None = None
     normalise: NormaliseOptions = field(default_factory=NormaliseOptions)
     batch_size: int = DEFAULT_BATCH_SIZE  # records per atomic append
-    workers: int | None = None  # processes decoding JSON lines; None: 2 for files over 32 MB
-    # Normalise well-formed lines in one DuckDB query (same meaning). Off by default: measured
-    # at ~24 µs CPU per line against ~15 µs for the Python path (benchmarks/bench_normalise.py).
+    # Python path only: processes decoding JSON lines; None: 2 for files over 32 MB.
+    workers: int | None = None
+    # Normalise JSON lines in one DuckDB query per 32 MB block (same rows as the reference,
+    # which takes the lines the query does not claim); False: the reference for every line.
     vectorised: bool = True
 
 
