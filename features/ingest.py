@@ -192,14 +192,14 @@ def normalise_chunk(
 ) -> list[tuple[pa.Table, pa.Table, int]]:
     """Normalise a block of whole JSON lines into pieces of at most ``options.batch_size``
     lines; a pure function, so worker processes can run it."""
-    if options.vectorised:
-        return _normalise_chunk_vectorised(first_line, chunk, options, source)
-    lines = chunk.split(b"\n")
     # Decoding allocates millions of short-lived dicts that reference counting frees; the
     # cyclic collector only slows this down (measured several-fold on the simulator's output).
     collecting = gc.isenabled()
     gc.disable()
     try:
+        if options.vectorised:
+            return _normalise_chunk_vectorised(first_line, chunk, options, source)
+        lines = chunk.split(b"\n")
         pieces = []
         for start in range(0, len(lines), options.batch_size):
             numbered = enumerate(

@@ -233,8 +233,10 @@ CREATE OR REPLACE TEMP MACRO kairos_phone(j, region) AS
 
 -- _event_name() for the names that need no lookup: a canonical track event, or the fixed name of
 -- a page, screen or identify message. NULL (ask the reference function) for anything else.
+-- (list_contains rather than IN: DuckDB turns a long IN list into a join.)
 CREATE OR REPLACE TEMP MACRO kairos_event_name(kind, j) AS
-    CASE kind WHEN 'track' THEN CASE WHEN j IN (@CANONICAL_JSON@) THEN kairos_unquoted(j) END
+    CASE kind WHEN 'track'
+                  THEN CASE WHEN list_contains([@CANONICAL_JSON@], j) THEN kairos_unquoted(j) END
               @EVENT_OF_KIND@ END;
 -- CANONICAL_EVENTS.get(event): the channel a canonical name implies.
 CREATE OR REPLACE TEMP MACRO kairos_implied_channel(event) AS
@@ -242,7 +244,7 @@ CREATE OR REPLACE TEMP MACRO kairos_implied_channel(event) AS
 -- _channel(), for the usual inputs; NULL (ask the reference function) when properties.channel
 -- would be normalised or warned about, or device.type is not plain ASCII.
 CREATE OR REPLACE TEMP MACRO kairos_channel(kind, event, implied, stated, app, device_type) AS
-    CASE WHEN event IN (@CHANNEL_SPECIFIC@) THEN implied
+    CASE WHEN list_contains([@CHANNEL_SPECIFIC@], event) THEN implied
          WHEN stated IS NOT NULL AND stated <> 'null' THEN
              CASE WHEN stated IN (@CHANNELS_JSON@) THEN kairos_unquoted(stated) END
          WHEN implied IS NOT NULL THEN implied
