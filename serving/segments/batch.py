@@ -10,12 +10,16 @@ Two compilations of the same ``ir`` expressions:
   test; "is there one in the window" tests share one max / min timestamp per filter; sequences
   are two aggregates, or an ASOF join when the follow-up has a time limit), then each segment's
   boolean expression;
-- *timelines* (``entered_at``): each test becomes the list of instants at which it flips, and
-  ``all`` / ``any`` / ``not`` combine those lists with a sweep, so ``entered_at`` is the exact
-  start of the current membership, the same instant the incremental evaluator reports. Each
-  node's timeline is built only for members of the segments that use it, and the tests on the
-  same events share one ordered pass.
+- *timelines* (``entered_at``): each test becomes the list of instants at which it flips; the
+  flips of all tests are sorted once per profile and a running sum carries every test's value
+  as the bits of one integer, so each segment's expression can be read at every instant and
+  ``entered_at`` is the exact start of the current membership, the same instant the
+  incremental evaluator reports. Expressions are first rewritten into equivalent ones with
+  fewer flips, and each test's flips are built only for members of the segments that use it.
+  (``membership_history`` keeps the per-node sweep: every flip of every node.)
 
+Events are read through small integer codes of the event names the library mentions, sorted by
+code when timelines are wanted, so the many reads by event name skip other events' rows.
 Top-percent thresholds are computed over the population at the cutoff (``score_thresholds``);
 the incremental evaluator takes the same numbers. All SQL of the segment layer lives here.
 """
@@ -231,12 +235,14 @@ def evaluate_batch(
 ) -> BatchResult:
     """Every profile's segments at ``at``: rows (profile_id, segment, entered_at).
 
-    ``entered_at=False`` skips the timelines (membership only, several times faster) and leaves
+    ``entered_at=False`` skips the timelines (membership only, about twice as fast) and leaves
     entered_at null. Raises ValueError when a relation lacks a column the library needs, or when
     the library uses scores and ``scores`` is None.
     """
     started = time.perf_counter()
-    run = _Run(connection, profile_events, library, at, scores, on_step or (lambda _: None))
+    run = _Run(
+        connection, profile_events, library, at, scores, on_step or (lambda _: None), entered_at
+    )
     try:
         run.prepare()
         run.step("tests at the cutoff")
@@ -281,7 +287,7 @@ def score_thresholds(
 ) -> dict[str, float | None]:
     """Top-percent thresholds at ``at`` (key -> the lowest score still in the top k percent of
     its population, None when nobody in the population has a score), for ``SegmentEngine``."""
-    run = _Run(connection, profile_events, library, at, scores, lambda _: None)
+    run = _Run(connection, profile_events, library, at, scores, lambda _: None, False)
     try:
         run.prepare()
         if not library.top_tests():
@@ -439,15 +445,20 @@ def _predicate_sql(predicate: ir.Predicate) -> str:
     return f"coalesce({_typed(name, value)} {symbol} {_literal(value)}, false)"
 
 
-def filter_sql(event_filter: ir.EventFilter) -> str:
-    """SQL boolean for an event filter over a relation with the event columns."""
+def filter_sql(event_filter: ir.EventFilter, codes: dict[str, int] | None = None) -> str:
+    """SQL boolean for an event filter over a relation with the event columns; with ``codes``
+    (event name -> small integer, every name the filter mentions), over ``event_code``."""
+
+    def names(values: frozenset[str]) -> str:
+        if codes is None:
+            return f"event IN ({', '.join(_literal(e) for e in sorted(values))})"
+        return f"event_code IN ({', '.join(str(codes[e]) for e in sorted(values))})"
+
     parts = []
     if event_filter.events is not None:
-        parts.append(f"event IN ({', '.join(_literal(e) for e in sorted(event_filter.events))})")
+        parts.append(names(event_filter.events))
     if event_filter.exclude:
-        parts.append(
-            f"event NOT IN ({', '.join(_literal(e) for e in sorted(event_filter.exclude))})"
-        )
+        parts.append(f"NOT {names(event_filter.exclude)}")
     parts.extend(_predicate_sql(p) for p in event_filter.predicates)
     return " AND ".join(parts) if parts else "true"
 
@@ -472,8 +483,10 @@ class _Run:
         at: datetime,
         scores: str | None,
         on_step: Callable[[str], None],
+        timelines: bool = True,
     ):
         self.connection = connection
+        self.timelines = timelines  # sort the events by name for the timelines' many reads
         self.source = profile_events
         self.library = library
         self.at = at
@@ -496,12 +509,23 @@ class _Run:
         self.restrict: dict[ir.Node, int] | None = None
         self.island_bases: dict[tuple[str, int], str] = {}  # (filter SQL, mask) -> CTE
         self.base_masks: dict[str, int] = {}  # island base CTE -> the segments it serves
+        # Event names the library mentions -> small integers (0: any other name): the events
+        # table is read by event name many times, and integers sorted together let each read
+        # skip the row groups of other events.
+        names: set[str] = set()
+        for test in self.tests:
+            for event_filter in _filters(test):
+                names |= (event_filter.events or frozenset()) | event_filter.exclude
+        self.codes = {name: code for code, name in enumerate(sorted(names), start=1)}
         self.counter = itertools.count()
         self.ctes: list[tuple[str, str]] = []  # timeline nodes in dependency order
         self.uses: dict[str, int] = {}  # how many readers each node's CTE has
 
     def sql(self, text: str) -> None:
         self.connection.execute(text)
+
+    def _filter(self, event_filter: ir.EventFilter) -> str:
+        return filter_sql(event_filter, self.codes)
 
     def create(self, kind: str, name: str, body: str) -> None:
         self.sql(f"CREATE OR REPLACE TEMP {kind} {name} AS {body}")
@@ -543,7 +567,15 @@ class _Run:
             tuple(c for c in PROFILE_EVENT_COLUMNS if c in needed),
             "profile events",
         )
-        columns = sorted(needed - {"profile_id", "event", "timestamp"})
+        event_predicates = any(
+            predicate.field == "event"
+            for test in self.tests
+            for event_filter in _filters(test)
+            for predicate in event_filter.predicates
+        )
+        columns = sorted(
+            needed - {"profile_id", "timestamp"} - (set() if event_predicates else {"event"})
+        )
         extra = "".join(f", {_ident(c)}" for c in columns)
         amount = (
             ", CASE WHEN revenue IS NULL OR isnan(revenue) THEN 0 "
@@ -574,11 +606,20 @@ class _Run:
             key, join = "k.profile_id", f" e JOIN {self.keys} k ON e.profile_id = k.name"
         else:
             key, join = "hash(profile_id)", ""
+        code_type = "UTINYINT" if len(self.codes) < 255 else "UINTEGER"
+        event_code = (
+            "CASE event "
+            + " ".join(f"WHEN {_literal(name)} THEN {code}" for name, code in self.codes.items())
+            + f" ELSE 0 END::{code_type}"
+            if self.codes
+            else f"0::{code_type}"
+        )
         self.create(
             "TABLE",
             self.events,
-            f"SELECT {key} AS profile_id, epoch_us(timestamp) AS ts, event{extra}{amount} "
-            f"FROM {self.source}{join} WHERE {cutoff}",
+            f"SELECT {key} AS profile_id, epoch_us(timestamp) AS ts, {event_code} AS event_code"
+            f"{extra}{amount} FROM {self.source}{join} WHERE {cutoff}"
+            + (" ORDER BY event_code" if self.timelines else ""),
         )
         if score_tests:
             used = sorted(
@@ -672,7 +713,7 @@ class _Run:
         self.create("VIEW", self.profiles, f"SELECT profile_id, first_ts FROM {self.tests_table}")
 
     def _tally_at_cutoff(self, test: ir.Tally, agg: Callable[[str], str]) -> str:
-        at, f = self.at_us, filter_sql(test.filter)
+        at, f = self.at_us, self._filter(test.filter)
         if test.measure == "count" and (test.op, test.threshold) in ((">=", 1), ("<=", 0)):
             if test.start is None and test.end == 0:
                 present = f"({agg(f'max(ts) FILTER (WHERE {f})')} IS NOT NULL)"
@@ -699,7 +740,7 @@ class _Run:
         """A sequence whose follow-up is looked for any time after the first event, from two
         aggregates: with then_not, the latest A old enough to count has no B after it; with
         then, some B follows the earliest A still in its window."""
-        at, first, then = self.at_us, filter_sql(test.first), filter_sql(test.then)
+        at, first, then = self.at_us, self._filter(test.first), self._filter(test.then)
         lower = f" AND ts > {at - test.within}" if test.within is not None else ""
         last_b = agg(f"max(ts) FILTER (WHERE {then})")
         if test.negated:
@@ -720,10 +761,10 @@ class _Run:
         if first_window and test.within is not None:
             window += f" AND ts > {self.at_us - test.within}"
         return (
-            f"SELECT a.profile_id, a.ts AS a, b.ts AS b FROM "
-            f"(SELECT profile_id, ts FROM {self.events} WHERE {filter_sql(test.first)}{window}) a "
+            f"SELECT a.profile_id, a.ts AS a, b.ts AS b FROM (SELECT profile_id, ts "
+            f"FROM {self.events} WHERE {self._filter(test.first)}{window}) a "
             f"ASOF LEFT JOIN (SELECT profile_id, ts FROM {self.events} "
-            f"WHERE {filter_sql(test.then)}{only}) b "
+            f"WHERE {self._filter(test.then)}{only}) b "
             "ON a.profile_id = b.profile_id AND a.ts < b.ts"
         )
 
@@ -1083,7 +1124,7 @@ class _Run:
         amount = "amount" if test.measure == "revenue" else "1"
         matches = (
             f"SELECT profile_id, ts, {amount} AS x FROM {self.events} "
-            f"WHERE {filter_sql(test.filter)}{only}"
+            f"WHERE {self._filter(test.filter)}{only}"
         )
         deltas = (
             f"SELECT profile_id, ts + {test.end} AS t, x AS dx FROM m WHERE ts + {test.end} <= {at}"
@@ -1103,7 +1144,7 @@ class _Run:
         test, at, end = leaf.test, self.at_us, leaf.test.end
         present = "true" if not v0 else "false"
         absent = "false" if not v0 else "true"
-        condition = filter_sql(test.filter)
+        condition = self._filter(test.filter)
         if test.start is None:
             return (
                 f"SELECT profile_id, min(ts) + {end} AS t, {present} AS v FROM {self.events} "
@@ -1137,7 +1178,7 @@ class _Run:
                     isinstance(node, ir.Leaf)
                     and isinstance(node.test, ir.Tally)
                     and node.test.start is not None
-                    and filter_sql(node.test.filter) == condition
+                    and self._filter(node.test.filter) == condition
                 ):
                     mask |= bits
         key = (condition, mask)
