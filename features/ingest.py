@@ -332,7 +332,8 @@ def _segment_batches(
             yield from _normalise_in_batches(records, options, source, options.batch_size)
             return
         if options.vectorised:
-            yield from _vectorised_pipeline(stream, options, source, on_progress)
+            size = None if path.suffix == ".gz" else _size(path)
+            yield from _vectorised_pipeline(stream, options, source, on_progress, size)
             return
         chunks = _line_chunks(stream)
         workers = options.workers or (_DEFAULT_WORKERS if _size(path) > _PARALLEL_BYTES else 1)
@@ -358,13 +359,26 @@ def _segment_batches(
 
 
 def _vectorised_pipeline(
-    stream: BinaryIO, options: IngestOptions, source: str, on_progress: ProgressCallback | None
+    stream: BinaryIO,
+    options: IngestOptions,
+    source: str,
+    on_progress: ProgressCallback | None,
+    size: int | None = None,
 ) -> Iterator[tuple[pa.Table, pa.Table, int]]:
     """Normalise large blocks in DuckDB on a helper thread while the caller appends the block
-    before: DuckDB runs without the GIL, so reading/normalising and appending overlap."""
+    before: DuckDB runs without the GIL, so reading/normalising and appending overlap.
+
+    ``size``: the file's size when known; blocks are then of equal size (a 40 MB file is two
+    blocks of 20 MB, not 32 MB and a tail that costs a query of its own), and a file over half
+    a block is two blocks at least, so that its second half is normalised during the first's
+    append."""
+    block = _VECTORISED_CHUNK_BYTES
+    if size:
+        blocks = max(-(-size // block), 2 if 2 * size > block else 1)
+        block = -(-size // blocks)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending: tuple[int, Future] | None = None
-        for first_line, chunk in _line_chunks(stream, _VECTORISED_CHUNK_BYTES):
+        for first_line, chunk in _line_chunks(stream, block):
             submitted = (
                 len(chunk),
                 pool.submit(normalise_chunk, first_line, chunk, options, source),
