@@ -561,3 +561,22 @@ def test_a_simulated_brand_is_mostly_claimed(tmp_path: Path) -> None:
     raws = [line for line in world.events_path.read_text().splitlines() if line.strip()]
     claimed, unclaimed = check_against_reference(raws, NormaliseOptions())
     assert claimed / len(raws) >= 0.95, (claimed, unclaimed)
+
+
+def test_many_scan_batches_keep_input_order() -> None:
+    """DuckDB scans the batches of a multi-batch table on several threads; the result is still
+    in input order and equal to the one-batch result (ingest relies on both)."""
+    rng = random.Random(11)
+    lines = _lines([_random_line(rng) for _ in range(3000)])
+    connection = duckdb.connect(config={"threads": 2})
+    one_batch = normalise_lines(lines.combine_chunks(), connection=connection)
+    batched = pa.Table.from_batches(lines.to_batches(max_chunksize=64))
+    many_batches = normalise_lines(batched, connection=connection)
+    for expected, actual in zip(one_batch, many_batches, strict=True):
+        assert actual.equals(expected)
+    positions = many_batches[0].column("position").to_pylist()
+    assert positions == sorted(positions) and len(positions) > 500
+    # Positions that do not increase are scanned as one batch, in input order.
+    shuffled = batched.take(list(range(2999, -1, -1)))
+    events, _ = normalise_lines(shuffled, connection=connection)
+    assert events.column("position").to_pylist() == positions[::-1]
