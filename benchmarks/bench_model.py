@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from datetime import datetime
@@ -102,12 +103,15 @@ def _train(
 
     ws = open_workspace(ws_root)
     config = build_config(overrides=overrides)
-    started = time.perf_counter()
+    load_before = os.getloadavg()
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = run_training(
         ws, config, until=until, truth_path=truth, progress=True, experiment="bench"
     )
     summary = result.summary()
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    summary["cpu_seconds"] = round(time.process_time() - cpu_started, 1)
+    summary["load_average"] = {"before": load_before, "after": os.getloadavg()}
     summary["data_build_seconds"] = round(result.splits.build_seconds, 1)
     summary["train_seconds"] = round(result.trained.train_seconds, 1)
     summary["scoring"] = _score_speed(ws, result)
@@ -128,18 +132,23 @@ def _score_speed(ws, result) -> dict[str, float]:
     )
     test = result.splits.test
     test.arrays.pop("static", None)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     score_examples(bundle, test, "bench")
     model_seconds = time.perf_counter() - started
+    model_cpu_seconds = time.process_time() - cpu_started
     at = result.splits.split.test[-1]
     with open_events(ws) as connection:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         frame = score_at(connection, profile_source(connection, at), at, bundle, "bench")
         total_seconds = time.perf_counter() - started
+        total_cpu_seconds = time.process_time() - cpu_started
     return {
         "profiles": len(frame),
         "model_profiles_per_second": round(len(test) / model_seconds, 1),
+        "model_profiles_per_cpu_second": round(len(test) / model_cpu_seconds, 1),
         "end_to_end_profiles_per_second": round(len(frame) / total_seconds, 1),
+        "end_to_end_profiles_per_cpu_second": round(len(frame) / total_cpu_seconds, 1),
+        "load_average": os.getloadavg(),
     }
 
 
@@ -247,7 +256,8 @@ def bench_speed(args: argparse.Namespace) -> dict[str, Any]:
     model = KairosModel(config.model, VOCABULARY_SIZE, config.data.category_buckets, features)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.learning_rate)
     order = rng.permutation(n)
-    started = time.perf_counter()
+    load_before = os.getloadavg()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for first in range(0, n, config.optim.batch_size):
         loss = _batch_loss(
             model, examples, spec, order[first : first + config.optim.batch_size], 1.0, True
@@ -256,10 +266,12 @@ def bench_speed(args: argparse.Namespace) -> dict[str, Any]:
         loss.backward()
         optimizer.step()
     epoch_seconds = time.perf_counter() - started
+    epoch_cpu_seconds = time.process_time() - cpu_started
     scoring = examples.subset(np.arange(min(n, 50_000)))
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     infer(model, scoring, spec, PlattCalibrator())
     score_seconds = time.perf_counter() - started
+    score_cpu_seconds = time.process_time() - cpu_started
     return {
         "examples": n,
         "profiles": args.profiles,
@@ -267,9 +279,14 @@ def bench_speed(args: argparse.Namespace) -> dict[str, Any]:
         "sequence_length": length,
         "model": config.as_dict()["model"],
         "epoch_seconds": round(epoch_seconds, 1),
+        "epoch_cpu_seconds": round(epoch_cpu_seconds, 1),
         "training_examples_per_second": round(n / epoch_seconds, 1),
+        # what the same work gets per CPU-second: comparable on a busy machine
+        "training_examples_per_cpu_second": round(n / epoch_cpu_seconds, 1),
         "scoring_profiles_per_second": round(len(scoring) / score_seconds, 1),
+        "scoring_profiles_per_cpu_second": round(len(scoring) / score_cpu_seconds, 1),
         "threads": config.optim.threads,
+        "load_average": {"before": load_before, "after": os.getloadavg()},
     }
 
 

@@ -113,7 +113,7 @@ def test_padding_does_not_change_the_output() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"d_model": 30, "heads": 4}, "must divide"),
+        ({"encoder": "transformer", "d_model": 30, "heads": 4}, "must divide"),
         ({"dropout": 1.0}, "dropout"),
         ({"layers": 0}, "layers"),
         ({"prior_strength": 0.0}, "prior_strength"),

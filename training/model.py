@@ -39,9 +39,11 @@ ACTIVITY_KINDS = ("activity", "engagement")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    encoder: Literal["transformer", "gru"] = "transformer"  # sequence encoder
-    d_model: int = 64  # width of every hidden vector
-    layers: int = 2  # Transformer blocks or GRU layers
+    # The GRU is the default: on the Online Retail split it matched the Transformer's AUC
+    # (0.797 vs 0.798 test) at about a ninth of the CPU time per example (README, model).
+    encoder: Literal["transformer", "gru"] = "gru"  # sequence encoder
+    d_model: int = 32  # width of every hidden vector
+    layers: int = 1  # Transformer blocks or GRU layers
     heads: int = 4  # attention heads (Transformer only); must divide d_model
     dropout: float = 0.1  # dropout inside the encoder and on the joined hidden vector
     static_bins: int = 16  # piecewise-linear encoding bins per aggregate; 0 = the raw values
