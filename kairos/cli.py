@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -262,14 +263,16 @@ def features_build(
 @app.command()
 def demo(
     customers: Annotated[int, typer.Option(min=1, help="Simulated customers.")] = 2000,
-    days: Annotated[int, typer.Option(min=1, help="Simulated days.")] = 30,
+    days: Annotated[int, typer.Option(min=28, help="Simulated days.")] = 56,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """The main job on the embedded default: simulate a brand, ingest it into the event store.
+    """The main job on the embedded default, end to end: simulate a brand, ingest it (identity
+    resolved on the way), train the sequence model against its baselines (MLflow run, champion
+    alias), score every profile and compute the default segments with those scores.
 
-    Identity resolution, features, models, segments and send plans join this command as they
-    land (see the README's roadmap).
+    Everything lands in the workspace: events.duckdb, mlruns/ (see `mlflow ui
+    --backend-store-uri <workspace>/mlruns`), demo/scores.parquet, demo/segments.parquet.
     """
     from features.ingest import ingest_file
     from features.simulate import simulate as run_simulation
@@ -277,7 +280,7 @@ def demo(
 
     ws = open_workspace(workspace)
     out = ws.root / "demo"
-    console.rule("[bold]1/2 simulate a brand")
+    console.rule("[bold]1/5 simulate a brand")
     summary = run_simulation(
         out_dir=out,
         customers=customers,
@@ -287,7 +290,7 @@ def demo(
         progress=True,
     )
     console.print(f"{summary.events:,} events for {customers:,} people -> {summary.events_path}")
-    console.rule("[bold]2/2 ingest into the event store")
+    console.rule("[bold]2/5 ingest into the event store, resolve identities")
     with EventStore(ws.event_store) as store, _byte_progress([summary.events_path]) as progress:
         task = progress.add_task("events.jsonl", total=_size(summary.events_path))
         report = ingest_file(
@@ -301,6 +304,7 @@ def demo(
         reasons = store.query(
             "SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason ORDER BY n DESC LIMIT 5"
         ).to_pylist()
+        last = store.connection.sql("SELECT max(timestamp) FROM events").fetchall()[0][0]
     console.print(
         "Events by channel: " + ", ".join(f"{r['channel']} {r['events']:,}" for r in by_channel)
     )
@@ -308,10 +312,37 @@ def demo(
         console.print("Top dead-letter reasons:")
         for row in reasons:
             console.print(f"  {row['n']:>5,}  {row['reason']}")
+    root = ["--workspace", str(ws.root)]
+    _run_stage(["identity", "stats", *root])
+
+    console.rule("[bold]3/5 train the sequence model against its baselines")
+    _run_stage(["train", "--truth", str(summary.truth_path), *root])
+
+    at = last.isoformat(timespec="seconds")
+    console.rule(f"[bold]4/5 score every profile at {at} with the champion")
+    scores = out / "scores.parquet"
+    _run_stage(["score", "--at", at, "--out", str(scores), *root])
+
+    console.rule(f"[bold]5/5 segments at {at}")
+    members = out / "segments.parquet"
+    _run_stage(["segments", "--at", at, "--scores", str(scores), "--out", str(members), *root])
     console.print(
-        "\nNext in this demo as they land: identity resolution, point-in-time features, the "
-        "sequence model against baselines, segments and send plans."
+        f"\nRuns and plots: mlflow ui --backend-store-uri {ws.mlflow_tracking_uri}\n"
+        "Next: the real-time service and send plans."
     )
+
+
+def _run_stage(args: list[str]) -> None:
+    """Run one `kairos` command as typed on the command line; stop the demo if it fails."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args, prog_name="kairos", standalone_mode=False)
+    except SystemExit as stop:
+        if stop.code:
+            raise
+    except click.ClickException as error:
+        error.show()
+        raise typer.Exit(error.exit_code) from error
 
 
 def _print_ingest_table(reports: list, totals: dict, store_path: Path) -> None:

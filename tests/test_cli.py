@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import orjson
+import pytest
 from typer.testing import CliRunner
 
 from kairos.cli import app
@@ -109,3 +110,29 @@ def test_features_build_refuses_unknown_output_format(tmp_path: Path, workspace:
     )
     assert result.exit_code == 2
     assert "output must end in .parquet or .csv" in result.output
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_end_to_end(tmp_path: Path) -> None:
+    """The newcomer's command: simulate, ingest with identity, train with baselines and the
+    oracle, score with the champion, segments with those scores."""
+    import duckdb
+    import pandas as pd
+
+    ws = tmp_path / "ws"
+    result = runner.invoke(
+        app, ["demo", "--customers", "150", "--days", "42", "--workspace", str(ws)]
+    )
+    assert result.exit_code == 0, result.output
+    for stage in ("1/5", "2/5", "3/5", "4/5", "5/5"):
+        assert stage in result.output
+    assert "new champion" in result.output
+    with duckdb.connect(str(ws / "events.duckdb"), read_only=True) as connection:
+        profiles = connection.sql("SELECT count(DISTINCT profile_id) FROM identity_identifiers")
+        profile_count = profiles.fetchall()[0][0]
+    scores = pd.read_parquet(ws / "demo" / "scores.parquet")
+    assert len(scores) == profile_count  # every resolved profile is scored once
+    assert scores["p_convert"].between(0, 1).all()
+    members = pd.read_parquet(ws / "demo" / "segments.parquet")
+    assert set(members["profile_id"]) <= set(scores["profile_id"])
+    assert "high_intent" in set(members["segment"])  # from the model's scores
