@@ -716,24 +716,24 @@ class _Run:
         at, f = self.at_us, self._filter(test.filter)
         if test.measure == "count" and (test.op, test.threshold) in ((">=", 1), ("<=", 0)):
             if test.start is None and test.end == 0:
-                present = f"({agg(f'max(ts) FILTER (WHERE {f})')} IS NOT NULL)"
+                present = f"({agg(f'max(CASE WHEN {f} THEN ts END)')} IS NOT NULL)"
             elif test.start is None:
                 present = (
-                    f"coalesce({agg(f'min(ts) FILTER (WHERE {f})')} <= {at - test.end}, false)"
+                    f"coalesce({agg(f'min(CASE WHEN {f} THEN ts END)')} <= {at - test.end}, false)"
                 )
             else:
                 last = (
-                    f"max(ts) FILTER (WHERE {f})"
+                    f"max(CASE WHEN {f} THEN ts END)"
                     if test.end == 0
-                    else f"max(ts) FILTER (WHERE {f} AND ts <= {at - test.end})"
+                    else f"max(CASE WHEN {f} AND ts <= {at - test.end} THEN ts END)"
                 )
                 present = f"coalesce({agg(last)} > {at - test.start}, false)"
             return present if test.op == ">=" else f"(NOT {present})"
         condition = f"{f} AND {self._window_sql(test.start, test.end)}"
         if test.measure == "count":
-            total = agg(f"count(*) FILTER (WHERE {condition})")
+            total = agg(f"count(CASE WHEN {condition} THEN 1 END)")
         else:
-            total = f"coalesce({agg(f'sum(amount) FILTER (WHERE {condition})')}, 0)"
+            total = f"coalesce({agg(f'sum(CASE WHEN {condition} THEN amount END)')}, 0)"
         return f"({total} {test.op} {test.threshold})"
 
     def _open_sequence_at_cutoff(self, test: ir.Sequence, agg: Callable[[str], str]) -> str:
@@ -742,11 +742,11 @@ class _Run:
         then, some B follows the earliest A still in its window."""
         at, first, then = self.at_us, self._filter(test.first), self._filter(test.then)
         lower = f" AND ts > {at - test.within}" if test.within is not None else ""
-        last_b = agg(f"max(ts) FILTER (WHERE {then})")
+        last_b = agg(f"max(CASE WHEN {then} THEN ts END)")
         if test.negated:
-            a = agg(f"max(ts) FILTER (WHERE {first}{lower} AND ts <= {at - test.wait})")
+            a = agg(f"max(CASE WHEN {first}{lower} AND ts <= {at - test.wait} THEN ts END)")
             return f"({a} IS NOT NULL AND ({last_b} IS NULL OR {last_b} <= {a}))"
-        a = agg(f"min(ts) FILTER (WHERE {first}{lower})")
+        a = agg(f"min(CASE WHEN {first}{lower} THEN ts END)")
         return f"coalesce({last_b} > {a}, false)"
 
     def _score_columns(self) -> list[str]:
@@ -958,7 +958,7 @@ class _Run:
             value = value_sql(expression)
             v0 = _literal(value_before_flips(expression))
             final = value_sql(expression, "e.last_s")
-            aggregates.append(f"max(nt) FILTER (WHERE NOT {value}) AS f{j}")
+            aggregates.append(f"max(CASE WHEN NOT {value} THEN nt END) AS f{j}")
             members = ""
             if self.restrict is not None:
                 members = (
