@@ -141,7 +141,11 @@ def ingest(
     ] = 100_000,
     workers: Annotated[
         int | None,
-        typer.Option(min=1, help="Processes decoding JSON lines (default: 2 for files > 32 MB)."),
+        typer.Option(
+            min=1,
+            help="Decode JSON lines with the per-record Python normaliser in this many "
+            "processes instead of the default DuckDB path (which uses threads).",
+        ),
     ] = None,
     workspace: WorkspaceOption = None,
     as_json: JsonOption = False,
@@ -167,6 +171,7 @@ def ingest(
         normalise=NormaliseOptions(phone_region=phone_region, timezone=timezone),
         batch_size=batch_size,
         workers=workers,
+        vectorised=workers is None,  # asking for worker processes means the Python path
     )
     ws = open_workspace(workspace)
     reports, failures = [], []
