@@ -252,7 +252,10 @@ def features_build(
     except OutputError as error:
         _fail(str(error), code=2)
     ws = open_workspace(workspace)
-    with EventStore(ws.event_store, read_only=True) as store:
+    with (
+        EventStore(ws.event_store, read_only=True) as store,
+        console.status("resolving profiles as of --at, then aggregating their events"),
+    ):
         source = default_profile_source(store.connection)
         events = source.events_as_of(store.connection, at)
         table = store.connection.sql(aggregates_sql(events, at)).to_arrow_table()
