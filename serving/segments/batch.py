@@ -507,7 +507,7 @@ class _Run:
         self.node_tables: dict[ir.Node, tuple[str, bool]] = {}  # node -> (flips relation, v0)
         # Timelines only for members (entered_at): node -> bit mask of the segments using it.
         self.restrict: dict[ir.Node, int] | None = None
-        self.island_bases: dict[tuple[str, int], str] = {}  # (filter SQL, mask) -> CTE
+        self.island_bases: dict[tuple[str, int, bool], str] = {}  # (filter, mask, ever) -> CTE
         self.base_masks: dict[str, int] = {}  # island base CTE -> the segments it serves
         # Event names the library mentions -> small integers (0: any other name): the events
         # table is read by event name many times, and integers sorted together let each read
@@ -1145,10 +1145,15 @@ class _Run:
         present = "true" if not v0 else "false"
         absent = "false" if not v0 else "true"
         condition = self._filter(test.filter)
-        if test.start is None:
+        if test.start is None:  # one flip, `end` after the first matching event
+            first = self._island_base(condition, ever=True)
+            self._use(first)
+            only = ""
+            if self.restrict is not None and self.restrict[ir.Leaf(test)] != self.base_masks[first]:
+                only = self._only(leaf)
             return (
-                f"SELECT profile_id, min(ts) + {end} AS t, {present} AS v FROM {self.events} "
-                f"WHERE {condition}{self._only(leaf)} AND ts + {end} <= {at} GROUP BY profile_id"
+                f"SELECT profile_id, first + {end} AS t, {present} AS v FROM {first} "
+                f"WHERE first + {end} <= {at}{only}"
             )
         base = self._island_base(condition)
         self._use(base)
@@ -1168,27 +1173,34 @@ class _Run:
               AND ts + {test.start} <= {at}{only}
         """
 
-    def _island_base(self, condition: str) -> str:
+    def _island_base(self, condition: str, ever: bool = False) -> str:
         """(profile_id, ts, prev, next) of the distinct instants of matching events, for every
-        profile any windowed test on these events needs (built once per filter)."""
+        profile any windowed test on these events needs (built once per filter); ``ever``:
+        (profile_id, first) of the first matching event, for the tests with no lower edge."""
         mask = 0
         if self.restrict is not None:
             for node, bits in self.restrict.items():
                 if (
                     isinstance(node, ir.Leaf)
                     and isinstance(node.test, ir.Tally)
-                    and node.test.start is not None
+                    and (node.test.start is None) == ever
                     and self._filter(node.test.filter) == condition
                 ):
                     mask |= bits
-        key = (condition, mask)
+        key = (condition, mask, ever)
         if key not in self.island_bases:
             only = self._members_with(mask) if self.restrict is not None else ""
-            self.island_bases[key] = self._cte(
-                f"SELECT profile_id, ts, lag(ts) OVER w AS prev, lead(ts) OVER w AS next "
-                f"FROM (SELECT DISTINCT profile_id, ts FROM {self.events} WHERE {condition}{only}) "
-                "WINDOW w AS (PARTITION BY profile_id ORDER BY ts)"
-            )
+            if ever:
+                self.island_bases[key] = self._cte(
+                    f"SELECT profile_id, min(ts) AS first FROM {self.events} "
+                    f"WHERE {condition}{only} GROUP BY profile_id"
+                )
+            else:
+                self.island_bases[key] = self._cte(
+                    f"SELECT profile_id, ts, lag(ts) OVER w AS prev, lead(ts) OVER w AS next "
+                    f"FROM (SELECT DISTINCT profile_id, ts FROM {self.events} "
+                    f"WHERE {condition}{only}) WINDOW w AS (PARTITION BY profile_id ORDER BY ts)"
+                )
             self.base_masks[self.island_bases[key]] = mask
         return self.island_bases[key]
 
