@@ -1048,3 +1048,27 @@ def test_missing_columns_are_named():
         ValueError, match=r"columns `event`, `phone` missing; have: profile_id, timestamp"
     ):
         evaluate_batch(connection, "pe", load_library(), T)
+
+
+def test_many_segments_and_leaves_agree_with_real_time():
+    """Past 62 segments (no member bit mask) and 62 tests (more than one state integer), and
+    first-time rules rewritten for the timeline pass: batch entered_at == real time."""
+    more = {
+        f"w{i}": {"event": ["Order Completed", "Email Opened"][i % 2], "within": f"{i + 1}h"}
+        for i in range(70)
+    }
+    more["first_email"] = {
+        "all": [
+            {"event": "Email Delivered", "within": "2d"},
+            {"event": "Email Delivered", "before": "2d", "at_most": 0},
+        ]
+    }
+    library = library_of({"event": "Email Opened", "within": "3h", "at_most": 0}, **more)
+    events = [
+        ev(name, T - timedelta(minutes=37 * k), profile=f"p{k % 3}")
+        for k, name in enumerate(["Order Completed", "Email Opened", "Email Delivered"] * 9)
+    ]
+    first_delivery = T - timedelta(minutes=37 * 26)
+    assert evaluate(library, events, T)[("p2", "first_email")] == first_delivery
+    assert len(evaluate(library, events, T + 5 * H)) > 60
+    assert {s for _, s in evaluate(library, events, T + 3 * D)} == {"s"}  # every window ran out
