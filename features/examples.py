@@ -69,7 +69,10 @@ class IdentifierProfiles:
         return f"(SELECT * FROM {self.events} WHERE timestamp <= {timestamp_literal(self.until)})"
 
     def events_as_of(self, connection: duckdb.DuckDBPyConnection, at: datetime) -> str:
-        return f"(SELECT {self._PROFILE} AS profile_id, * FROM {self._visible()})"
+        return (
+            f"(SELECT {self._PROFILE} AS profile_id, * FROM {self._visible()}"
+            f" WHERE timestamp <= {timestamp_literal(at)})"
+        )
 
     def label_profiles(self, connection: duckdb.DuckDBPyConnection, at: datetime) -> str:
         return (

@@ -88,3 +88,21 @@ def test_a_later_login_does_not_enrich_the_past_profile(tmp_path: Path) -> None:
         # Labels follow the later link: both past profiles are Ana, who ordered on day 2.
         assert labels.tolist() == [True, True]
         assert examples.profiles["label_profile_id"].nunique() == 1
+
+
+def test_at_or_after_the_last_event_the_stored_graph_equals_a_rebuild(tmp_path: Path) -> None:
+    """The shortcut that reads the stored identity graph instead of rebuilding it as of ``at``
+    gives the same profile events, labels included."""
+    later = T + timedelta(days=3)
+    with EventStore(tmp_path / "store.duckdb") as store:
+        ingest_lines(store, tmp_path / "all.jsonl", BEFORE + AFTER)
+        relations = {}
+        for reuse in (True, False):
+            source = IdentityProfiles(store.connection, reuse_stored=reuse)
+            view = source.events_as_of(store.connection, later)
+            relations[reuse] = store.connection.sql(
+                f"SELECT profile_id, message_id FROM {view} ORDER BY message_id"
+            ).fetchall()
+            assert ("identity_identifiers" in view) == reuse
+        assert relations[True] == relations[False]
+        assert len({profile for profile, _ in relations[True]}) == 1  # all Ana by then
