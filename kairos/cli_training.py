@@ -28,7 +28,7 @@ WorkspaceOption = Annotated[
         "--workspace",
         "-w",
         help="Workspace folder for the event store, MLflow runs and exports "
-        "[default: $KAIROS_HOME, else ./.kairos].",
+        "(default: $KAIROS_HOME, else ./.kairos).",
         show_default=False,
     ),
 ]
@@ -58,7 +58,7 @@ UntilOption = Annotated[
     typer.Option(
         "--until",
         help="Read no event after this instant, labels included (ISO, UTC "
-        "unless an offset is given) [default: midnight before the last event].",
+        "unless an offset is given) (default: midnight before the last event).",
         show_default=False,
     ),
 ]
@@ -67,7 +67,7 @@ HorizonOption = Annotated[
     typer.Option(
         "--horizon-days",
         min=1,
-        help="Intent horizon H: P(order within H days) [default: data.horizon_days, 7].",
+        help="Intent horizon H: P(order within H days) (default: data.horizon_days, 7).",
         show_default=False,
     ),
 ]
@@ -204,7 +204,7 @@ def tune(
 def evaluate(
     run: Annotated[
         str | None,
-        typer.Option("--run", help="MLflow run id to evaluate [default: the champion's run]."),
+        typer.Option("--run", help="MLflow run id to evaluate (default: the champion's run)."),
     ] = None,
     truth: TruthOption = None,
     experiment: ExperimentOption = "kairos",
@@ -241,7 +241,7 @@ def score(
     out: Annotated[Path, typer.Option("--out", help="Output file, .parquet or .csv.")],
     model: Annotated[
         str | None,
-        typer.Option("--model", help="MLflow model URI [default: models:/kairos@champion]."),
+        typer.Option("--model", help="MLflow model URI (default: models:/kairos@champion)."),
     ] = None,
     workspace: WorkspaceOption = None,
     as_json: JsonOption = False,
