@@ -23,6 +23,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from kairos.options import JsonOption, WorkspaceOption
 from kairos.workspace import disable_telemetry, open_workspace
 
 app = typer.Typer(
@@ -32,20 +33,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
-
-WorkspaceOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--workspace",
-        "-w",
-        help="Workspace folder for the event store, MLflow runs and exports "
-        "(default: $KAIROS_HOME, else ./.kairos).",
-        show_default=False,
-    ),
-]
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")
-]
 
 
 @app.callback()

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kairos.options import JsonOption, WorkspaceOption
 from kairos.workspace import open_workspace
 
 identity_app = typer.Typer(
@@ -23,19 +24,6 @@ identity_app = typer.Typer(
 )
 console = Console(stderr=True)
 out = Console()
-
-WorkspaceOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--workspace",
-        "-w",
-        help="Workspace folder holding the event store (default: $KAIROS_HOME, else ./.kairos).",
-        show_default=False,
-    ),
-]
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")
-]
 
 
 @identity_app.command()

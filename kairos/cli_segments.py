@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kairos.options import JsonOption, WorkspaceOption
 from kairos.workspace import open_workspace
 
 segments_app = typer.Typer(
@@ -27,18 +28,6 @@ segments_app = typer.Typer(
 )
 console = Console(stderr=True)
 
-WorkspaceOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--workspace",
-        "-w",
-        help="Workspace folder (default: $KAIROS_HOME, else ./.kairos).",
-        show_default=False,
-    ),
-]
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")
-]
 RulesOption = Annotated[
     Path | None,
     typer.Option(

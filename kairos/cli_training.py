@@ -18,23 +18,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kairos.options import JsonOption, WorkspaceOption
 from kairos.workspace import disable_telemetry, open_workspace
 
 console = Console(stderr=True)
 
-WorkspaceOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--workspace",
-        "-w",
-        help="Workspace folder for the event store, MLflow runs and exports "
-        "(default: $KAIROS_HOME, else ./.kairos).",
-        show_default=False,
-    ),
-]
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")
-]
 ConfigOption = Annotated[
     str | None,
     typer.Option(
