@@ -121,7 +121,7 @@ def _train(
 
 def _score_speed(ws, result) -> dict[str, float]:
     """Profiles/s of batch scoring at the test cutoff: model only, and features + model."""
-    from training.datasets import profile_source
+    from features.profile_source import default_profile_source
     from training.pipeline import open_events
     from training.registry import ModelBundle
     from training.scoring import score_at, score_examples
@@ -139,7 +139,7 @@ def _score_speed(ws, result) -> dict[str, float]:
     at = result.splits.split.test[-1]
     with open_events(ws) as connection:
         started, cpu_started = time.perf_counter(), time.process_time()
-        frame = score_at(connection, profile_source(connection, at), at, bundle, "bench")
+        frame = score_at(connection, default_profile_source(connection, at), at, bundle, "bench")
         total_seconds = time.perf_counter() - started
         total_cpu_seconds = time.process_time() - cpu_started
     return {

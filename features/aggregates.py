@@ -85,6 +85,11 @@ def _count(condition: str) -> str:
     return f"coalesce(sum(n) FILTER ({condition}), 0)::BIGINT"
 
 
+def _from_per_profile(expression: str) -> str:
+    """``"... AS name"`` -> ``"p.name"``: the column as the final SELECT reads it."""
+    return "p." + expression.rsplit(" AS ", 1)[1]
+
+
 def _hours_since(condition: str) -> str:
     return f"date_diff('microsecond', max(last_at) FILTER ({condition}), @at) / 3.6e9"
 
@@ -123,7 +128,7 @@ def aggregates_sql(profile_events: str, at: datetime) -> str:
             f"coalesce(sum(revenue) FILTER ({ordered} AND {recent}), 0) AS revenue_{days}d",
         ]
     output = ["p.profile_id"]  # the final column order, which AGGREGATE_COLUMNS documents
-    output += [f"p.{c.rsplit(' AS ', 1)[1]}" for c in columns]
+    output += [_from_per_profile(c) for c in columns]
     send_columns = []  # counted over the sends CTE, one row per send
     for channel in MESSAGE_CHANNELS:
         for days in WINDOWS_DAYS:
@@ -154,7 +159,7 @@ def aggregates_sql(profile_events: str, at: datetime) -> str:
         _count(f"event = 'Product Viewed' AND {_within(30)}") + " AS product_views_30d",
     ]
     columns += tail
-    output += [f"p.{c.rsplit(' AS ', 1)[1]}" for c in tail]
+    output += [_from_per_profile(c) for c in tail]
     output += ["coalesce(b.categories_viewed_30d, 0) AS categories_viewed_30d"]
     output += ["b.last_viewed_category"]
     flags = [
@@ -164,7 +169,7 @@ def aggregates_sql(profile_events: str, at: datetime) -> str:
         "bool_or(event = 'SMS Opted Out') AS sms_opted_out",
     ]
     columns += flags
-    output += [f"p.{c.rsplit(' AS ', 1)[1]}" for c in flags]
+    output += [_from_per_profile(c) for c in flags]
 
     at_sql = timestamp_literal(at)
     aggregate_list = ",\n        ".join(columns).replace("@at", at_sql)

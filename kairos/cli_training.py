@@ -236,8 +236,8 @@ def score(
 ) -> None:
     """One row per profile: p_convert, best_hour_of_week, p_engage_email/sms/push,
     engagement_tier, how much history they rest on, and the model version."""
+    from features.profile_source import default_profile_source
     from training import registry
-    from training.datasets import profile_source
     from training.pipeline import open_events
     from training.scoring import score_at
 
@@ -253,7 +253,7 @@ def score(
         started = time.perf_counter()
         with open_events(ws) as connection:
             frame = score_at(
-                connection, profile_source(connection, instant), instant, bundle, version
+                connection, default_profile_source(connection, instant), instant, bundle, version
             )
         return frame, time.perf_counter() - started
 

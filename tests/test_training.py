@@ -17,12 +17,13 @@ import typer
 from typer.testing import CliRunner
 
 from features.ingest import ingest_file
+from features.profile_source import default_profile_source
 from features.simulate import simulate
 from features.store import DEAD_LETTER_SCHEMA, EVENT_SCHEMA, EventStore
 from kairos.cli_training import register
 from kairos.workspace import open_workspace
 from training.config import build_config
-from training.datasets import build_split, plan_cutoffs, profile_source
+from training.datasets import build_split, plan_cutoffs
 from training.pipeline import build_splits, run_training
 
 # A tiny world: 4 cutoffs a week apart, a 16-dim GRU, one epoch, few bootstrap resamples.
@@ -131,7 +132,8 @@ def test_until_never_reads_later_events(world) -> None:
         until = datetime(last.year, last.month, last.day) - timedelta(days=5)
         split = plan_cutoffs(first, until, config.data)
         cutoffs = [split.train[-1], split.test[-1]]
-        before = build_split(original, profile_source(original, until), cutoffs, config.data)
+        source = default_profile_source(original, until)
+        before = build_split(original, source, cutoffs, config.data)
     with duckdb.connect() as changed:
         changed.execute(f"ATTACH '{open_workspace(world['ws']).event_store}' AS s (READ_ONLY)")
         changed.execute(
@@ -144,7 +146,8 @@ def test_until_never_reads_later_events(world) -> None:
                    TIMESTAMP '{until}' + INTERVAL 1 SECOND, user_id, 99.0
             FROM (SELECT DISTINCT user_id FROM events WHERE user_id IS NOT NULL)
         """)
-        after = build_split(changed, profile_source(changed, until), cutoffs, config.data)
+        source = default_profile_source(changed, until)
+        after = build_split(changed, source, cutoffs, config.data)
     pd.testing.assert_frame_equal(before.profiles, after.profiles)
     pd.testing.assert_frame_equal(before.sends, after.sends)
     for name, array in before.arrays.items():

@@ -1,8 +1,8 @@
 """Training data: profiles at many cutoffs as arrays for the model, the baselines and scoring.
 
 Every array comes from ``features.examples`` / ``features.sequences`` / ``features.aggregates``
-through one :class:`~features.examples.ProfileSource` (:func:`profile_source` is the single
-place that chooses it), plus two point-in-time histograms built here:
+through one :class:`~features.examples.ProfileSource` (chosen in one place,
+``features.profile_source.default_profile_source``), plus two point-in-time histograms built here:
 
 - ``activity`` (P, 2, 168): the profile's events per hour of week over its whole history at the
   cutoff, row 0 for what the person did (site, app, orders, identify), row 1 for opens, clicks
@@ -38,7 +38,6 @@ from features.examples import (
     build_examples,
 )
 from features.identity import tables
-from features.profile_source import default_profile_source
 from features.sequences import VOCABULARY_SIZE, SequenceConfig, sequences_sql, to_sequences
 from training.config import DataConfig
 from training.model import CHANNELS, HOURS_PER_WEEK
@@ -59,12 +58,6 @@ _NOT_ACTIVITY = tuple(
     sorted(SEND_EVENTS | {"Unsubscribed", "Email Marked as Spam", "SMS Opted Out"})
 )
 _LABEL_COLUMNS = ("ordered", "label_profile_id")
-
-
-def profile_source(connection: duckdb.DuckDBPyConnection, until: datetime | None) -> ProfileSource:
-    """Identity's profiles (as of each cutoff for inputs, final for labels) when the store has
-    an identity graph; else each event's first identifier (exact for single-identifier logs)."""
-    return default_profile_source(connection, until)
 
 
 # --- cutoffs ---------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import numpy as np
 
 from features.examples import TimeSplit
 from features.identity import tables
+from features.profile_source import default_profile_source
 from kairos.workspace import Workspace
 from training.baselines import fit_intent_baselines
 from training.config import TrainConfig
@@ -32,7 +33,6 @@ from training.datasets import (
     describe_split,
     event_range,
     plan_cutoffs,
-    profile_source,
     store_fingerprint,
 )
 from training.evaluation import Evaluation, evaluate, write_plots
@@ -127,7 +127,7 @@ def build_splits(
     if until <= first_event:
         raise ValueError(f"--until {until} is not after the first event ({first_event})")
     split = plan_cutoffs(first_event, until, config.data)
-    source = profile_source(connection, until)
+    source = default_profile_source(connection, until)
     seed = config.optim.seed
     parts = {
         name: build_split(

@@ -399,9 +399,8 @@ def event_profiles_as_of(
 ) -> pa.Table:
     """Each event at or before ``at`` with its profile as of ``at`` (message_id, profile_id):
     a later login never enriches a past profile."""
-    # A read-only connection is enough: training and scoring hold one, not a store.
-    connection = store if isinstance(store, duckdb.DuckDBPyConnection) else store.connection
-    has = tables.has_state(connection)
+    connection = store.connection
+    has = _has_identity(store)
     rules = rules or (tables.stored_rules(connection) if has else None) or load_rules()
     profiles = profiles_as_of(store, at, rules, overrides)
     sql = event_profiles_sql(rules, "e.timestamp <= $at", tables.AS_OF_RELATION)
