@@ -14,7 +14,7 @@ import duckdb
 
 from features.aggregates import timestamp_literal
 from features.examples import IdentifierProfiles, ProfileSource
-from features.identity import event_profiles_sql, profiles_as_of, tables
+from features.identity import ProfilesAsOf, event_profiles_sql, tables
 
 _names = itertools.count()
 
@@ -32,6 +32,7 @@ class IdentityProfiles:
         self.until = until
         self.reuse_stored = reuse_stored  # False: always rebuild (tests compare the two)
         self._as_of: dict[datetime, str] = {}
+        self._graphs: ProfilesAsOf | None = None  # one graph, advanced cutoff by cutoff
 
     def _as_of_identifiers(self, at: datetime) -> str:
         """Register the identifier -> profile table formed by links at or before ``at``."""
@@ -39,8 +40,10 @@ class IdentityProfiles:
             if self.reuse_stored and self._stored_graph_is_as_of(at):
                 self._as_of[at] = "identity_identifiers"
             else:
+                if self._graphs is None:
+                    self._graphs = ProfilesAsOf(self.connection)
                 name = f"identity_as_of_{next(_names)}"
-                self.connection.register(name, profiles_as_of(self.connection, at))
+                self.connection.register(name, self._graphs.at(at))
                 self._as_of[at] = name
         return self._as_of[at]
 

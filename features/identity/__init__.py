@@ -8,11 +8,13 @@ limits in priority order, a blocklist of junk values, detection of shared identi
 tablets, kiosks), and manual unmerges. The answer is a function of the events alone, so the
 batch path (``resolve_identities``) and the incremental path (``update_identity``, any order,
 any batching) give identical profiles; ``profiles_as_of`` rebuilds the profiles the events up to
-a cutoff define, for point-in-time features. ``features.identity.graph`` explains the process.
+a cutoff define, for point-in-time features (``ProfilesAsOf`` for a series of cutoffs).
+``features.identity.graph`` explains the process.
 """
 
 from features.identity.api import (
     IdentityError,
+    ProfilesAsOf,
     ResolveReport,
     assignments_table,
     event_profiles_as_of,
@@ -44,6 +46,7 @@ __all__ = [
     "IdentityGraph",
     "IdentityRules",
     "Override",
+    "ProfilesAsOf",
     "ResolveReport",
     "RulesError",
     "assignments_table",

@@ -519,6 +519,16 @@ def event_rows(connection: duckdb.DuckDBPyConnection, after: int, upto: int) -> 
     ).fetchall()
 
 
+def event_rows_between(
+    connection: duckdb.DuckDBPyConnection, after: datetime, upto: datetime
+) -> list[tuple]:
+    """Identity columns of the events with ``after < timestamp <= upto``."""
+    return connection.execute(
+        f"SELECT {EVENT_ROW_SQL} FROM events WHERE timestamp > ? AND timestamp <= ?",
+        [after, upto],
+    ).fetchall()
+
+
 def find_identifiers(
     connection: duckdb.DuckDBPyConnection, kind: str | None, value: str
 ) -> list[dict[str, Any]]:
