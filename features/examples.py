@@ -18,7 +18,9 @@ so no label window crosses into the next split.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -32,6 +34,19 @@ from features.sequences import SequenceConfig, Sequences, sequences_sql, to_sequ
 
 ENGAGED = ("Email Opened", "Email Link Clicked", "SMS Link Clicked", "Push Notification Tapped")
 ENGAGEMENT_WINDOW = timedelta(hours=24)
+# The event columns that aggregates, sequences and activity read: all a cutoff's table holds.
+FEATURE_EVENT_COLUMNS = (
+    "profile_id",
+    "message_id",
+    "timestamp",
+    "type",
+    "event",
+    "channel",
+    "revenue",
+    "category",
+    "send_id",
+)
+_table_names = itertools.count()
 
 
 class ProfileSource(Protocol):
@@ -105,14 +120,38 @@ class CutoffExamples:
     sends: pd.DataFrame  # profile_id, channel, hour_of_week, propensity, engaged, sent_at
 
 
+@contextmanager
+def profile_events_table(
+    connection: duckdb.DuckDBPyConnection, source: ProfileSource, at: datetime
+) -> Iterator[str]:
+    """The profile events as of ``at`` (FEATURE_EVENT_COLUMNS), computed once into a temporary
+    table for everything that describes the profiles at ``at``: reading the source's relation
+    directly would map every event to its profile again for each reader. Dropped on exit."""
+    name = f"kairos_profile_events_{next(_table_names)}"
+    connection.execute(
+        f"CREATE TEMP TABLE {name} AS SELECT {', '.join(FEATURE_EVENT_COLUMNS)}"
+        f" FROM {source.events_as_of(connection, at)}"
+    )
+    try:
+        yield name
+    finally:
+        connection.execute(f"DROP TABLE IF EXISTS {name}")
+
+
 def build_examples(
     connection: duckdb.DuckDBPyConnection,
     source: ProfileSource,
     cutoff: datetime,
     config: ExampleConfig,
+    events: str | None = None,
 ) -> CutoffExamples:
-    """Features at ``cutoff`` and labels after it, for every profile seen by then."""
-    events = source.events_as_of(connection, cutoff)
+    """Features at ``cutoff`` and labels after it, for every profile seen by then.
+
+    ``events``: the profile events at ``cutoff`` when the caller already holds them (see
+    :func:`profile_events_table`); by default they are computed here."""
+    if events is None:
+        with profile_events_table(connection, source, cutoff) as table:
+            return build_examples(connection, source, cutoff, config, table)
     aggregates = connection.sql(aggregates_sql(events, cutoff)).df()
     sequences = to_sequences(
         connection.sql(sequences_sql(events, cutoff, config.sequence)).to_arrow_table(),
@@ -156,25 +195,34 @@ def _send_labels_sql(
     send_events = ", ".join(f"'{name}'" for name in sorted(SEND_EVENTS))
     engaged = ", ".join(f"'{name}'" for name in ENGAGED)
     events = source.label_events(connection)
+    end = f"{at_sql} + INTERVAL {config.send_window_days} DAY"
+    # Only sends with a record in the window can start in it; their first record may still be
+    # earlier (a Sent before the cutoff, Delivered after), so each is read whole by its id.
     return f"""
-WITH send_log AS (
+WITH window_send_ids AS (
+    SELECT DISTINCT send_id FROM {events}
+    WHERE event IN ({send_events}) AND send_id IS NOT NULL
+      AND timestamp > {at_sql} AND timestamp <= {end}
+),
+send_log AS (
     SELECT send_id, arg_min(label_profile_id, timestamp) AS label_profile_id,
            arg_min(channel, timestamp) AS channel, min(timestamp) AS sent_at,
            max(TRY_CAST(json_extract_string(properties, '$.send_hour_propensity') AS DOUBLE))
                AS propensity
     FROM {events}
-    WHERE event IN ({send_events}) AND send_id IS NOT NULL
+    WHERE event IN ({send_events}) AND send_id IN (SELECT send_id FROM window_send_ids)
     GROUP BY send_id
 ),
 sends AS (
     SELECT *, (isodow(sent_at) - 1) * 24 + hour(sent_at) AS hour_of_week
     FROM send_log
-    WHERE sent_at > {at_sql} AND sent_at <= {at_sql} + INTERVAL {config.send_window_days} DAY
+    WHERE sent_at > {at_sql} AND sent_at <= {end}
 ),
 engagements AS (
     SELECT DISTINCT s.send_id
     FROM sends AS s JOIN {events} AS e USING (send_id)
     WHERE e.event IN ({engaged})
+      AND e.timestamp > {at_sql}  -- implied by the next line; lets the scan skip the past
       AND e.timestamp >= s.sent_at
       AND e.timestamp <= s.sent_at + INTERVAL {int(ENGAGEMENT_WINDOW.total_seconds())} SECOND
 )

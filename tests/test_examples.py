@@ -88,6 +88,43 @@ def test_labels_look_forward_with_exact_windows() -> None:
     assert list(examples.sequences.profile_ids) == ["ana", "ben"]
 
 
+def test_a_send_belongs_to_the_window_of_its_first_record() -> None:
+    """A send logged before the cutoff and delivered after it is history, not a label; one
+    whose first record is the window's last instant is a label; an open 24 h later counts."""
+    edge = T + timedelta(days=2)  # the send window's last instant
+    history = [
+        event("1", "ana", "Product Viewed", T - timedelta(days=1)),
+        event("2", "ana", "Email Sent", T - timedelta(seconds=1), channel="email", send_id="old"),
+        event(
+            "3", "ana", "Email Delivered", T + timedelta(seconds=1), channel="email", send_id="old"
+        ),
+        event("4", "ana", "Email Opened", T + timedelta(hours=1), channel="email", send_id="old"),
+        event("5", "ana", "Email Sent", edge, channel="email", send_id="edge"),
+        event(
+            "6",
+            "ana",
+            "Email Delivered",
+            edge + timedelta(seconds=5),
+            channel="email",
+            send_id="edge",
+        ),
+        event(
+            "7", "ana", "Email Opened", edge + timedelta(hours=24), channel="email", send_id="edge"
+        ),
+        event(
+            "8",
+            "ana",
+            "Email Sent",
+            edge + timedelta(microseconds=1),
+            channel="email",
+            send_id="late",
+        ),
+    ]
+    examples = build_examples(connection_with(history), IdentifierProfiles(), T, CONFIG)
+    sends = examples.sends
+    assert sends[["profile_id", "sent_at", "engaged"]].values.tolist() == [["ana", edge, True]]
+
+
 def test_until_hides_later_events_labels_included() -> None:
     source = IdentifierProfiles(until=T + timedelta(days=3))
     examples = build_examples(connection_with(HISTORY), source, T, CONFIG)
