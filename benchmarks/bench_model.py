@@ -211,7 +211,7 @@ def bench_speed(args: argparse.Namespace) -> dict[str, Any]:
     from training.config import build_config
     from training.datasets import SEQUENCE_ARRAYS, ExampleSet, FeatureSpec
     from training.metrics import PlattCalibrator
-    from training.model import KairosModel
+    from training.model import ACTIVITY_KINDS, KairosModel
     from training.train import _batch_loss, infer, seed_everything
 
     config = build_config(overrides=args.overrides)
@@ -227,7 +227,7 @@ def bench_speed(args: argparse.Namespace) -> dict[str, Any]:
         "gap_to_cutoff": rng.random((n, length), dtype=np.float32),
         "value": rng.random((n, length), dtype=np.float32),
         "mask": rng.random((n, length)) < 0.7,
-        "activity": rng.poisson(0.1, (n, 2, 168)).astype(np.float32),
+        "activity": rng.poisson(0.1, (n, len(ACTIVITY_KINDS), 168)).astype(np.float32),
         "reached": np.ones((n, 3), dtype=bool),
         "static": rng.standard_normal((n, features), dtype=np.float32),
     }

@@ -9,17 +9,19 @@ import pytest
 import torch
 
 from features.sequences import VOCABULARY_SIZE
-from training.model import CHANNELS, HOURS_PER_WEEK, KairosModel, ModelConfig
+from training.model import ACTIVITY_KINDS, CHANNELS, HOURS_PER_WEEK, KairosModel, ModelConfig
 
 B, T, F = 5, 8, 6
+K = len(ACTIVITY_KINDS)
+ACTIVE_HOURS = ACTIVITY_KINDS.index("active_hours")
 
 
 def batch(seed: int = 0, events: int = T) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     mask = torch.zeros(B, T, dtype=torch.bool)
     mask[:, T - events :] = True
-    activity = torch.zeros(B, 2, HOURS_PER_WEEK)
-    activity[:, 0, 20] = 5.0  # everyone active Monday 20:00
+    activity = torch.zeros(B, K, HOURS_PER_WEEK)
+    activity[:, ACTIVE_HOURS, 20] = 5.0  # everyone active Monday 20:00
     return {
         "tokens": torch.randint(1, VOCABULARY_SIZE, (B, T), generator=g) * mask,
         "hour_of_week": torch.randint(0, HOURS_PER_WEEK, (B, T), generator=g),
@@ -81,7 +83,7 @@ def test_profile_without_events_is_defined_and_falls_back_to_the_population_prio
     prior[100] = 50.0  # the population is most active at hour 100
     model.send_window.activity_prior.copy_(prior / prior.sum())
     b = batch(events=0)
-    b["activity"] = torch.zeros(B, 2, HOURS_PER_WEEK)
+    b["activity"] = torch.zeros(B, K, HOURS_PER_WEEK)
     density, evidence = model.send_window.density(b["activity"])
     assert torch.all(evidence == 0)
     assert torch.all(density.argmax(dim=1) == 100)
@@ -92,10 +94,25 @@ def test_profile_without_events_is_defined_and_falls_back_to_the_population_prio
 def test_activity_hours_move_the_send_window_to_the_persons_hour() -> None:
     model = KairosModel(ModelConfig(d_model=16, heads=2), VOCABULARY_SIZE, 16, F).eval()
     b = batch()
-    b["activity"] = torch.zeros(B, 2, HOURS_PER_WEEK)
-    b["activity"][:, 0, 42] = 30.0
+    b["activity"] = torch.zeros(B, K, HOURS_PER_WEEK)
+    b["activity"][:, ACTIVE_HOURS, 42] = 30.0
     logits = model.engagement_logits(model(b), b["activity"])
     assert torch.all(logits.mean(dim=1).argmax(dim=1) == 42)
+
+
+def test_hour_of_day_is_pooled_across_days_and_sessions_outweigh_raw_events() -> None:
+    """Active hours on Monday-Thursday 19:00 point to 19:00 on Friday too (people keep their
+    hours of the day); 40 raw events of one long session at 03:00 weigh less than that."""
+    model = KairosModel(ModelConfig(d_model=16, heads=2), VOCABULARY_SIZE, 16, F).eval()
+    activity = torch.zeros(1, K, HOURS_PER_WEEK)
+    for day in range(4):
+        activity[0, ACTIVE_HOURS, 24 * day + 19] = 1.0
+    activity[0, ACTIVITY_KINDS.index("activity"), 24 * 4 + 3] = 40.0
+    activity[0, ACTIVE_HOURS, 24 * 4 + 3] = 1.0
+    density, evidence = model.send_window.density(activity)
+    friday = density[0, 24 * 4 : 24 * 5]
+    assert int(friday.argmax()) == 19
+    assert float(evidence[0]) == pytest.approx(5.0 + 0.01 * 40, rel=1e-3)
 
 
 def test_padding_does_not_change_the_output() -> None:

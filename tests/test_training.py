@@ -448,3 +448,41 @@ def test_tune_runs_nested_trials_and_trains_the_best_config(world, cli) -> None:
     )
     assert len(trials) == 2
     assert all("val_loss" in t.data.metrics for t in trials)
+
+
+def test_activity_histograms_count_sessions_once_and_engagement_at_the_send_hour() -> None:
+    """Kinds: raw events, opens at their hour, distinct active clock hours, engaged sends at
+    their send hour (an open without its send in the log: at its own hour)."""
+    from training.datasets import activity_sql
+    from training.model import ACTIVITY_KINDS
+
+    monday = datetime(2026, 3, 2)  # hour of week = hour of day
+    rows = [
+        ("p", "Page Viewed", monday + timedelta(hours=8, minutes=5), None),
+        ("p", "Product Viewed", monday + timedelta(hours=8, minutes=20), None),
+        ("p", "Product Viewed", monday + timedelta(hours=8, minutes=50), None),
+        ("p", "Email Sent", monday + timedelta(hours=9, minutes=10), "s1"),
+        ("p", "Email Delivered", monday + timedelta(hours=9, minutes=11), "s1"),
+        ("p", "Email Opened", monday + timedelta(hours=11, minutes=30), "s1"),
+        ("p", "Email Link Clicked", monday + timedelta(hours=11, minutes=31), "s1"),
+        ("p", "Push Notification Tapped", monday + timedelta(hours=14), None),
+        ("p", "Page Viewed", monday + timedelta(days=1), None),  # after the cutoff
+    ]
+    connection = duckdb.connect()
+    connection.execute(
+        "CREATE TABLE ev (profile_id VARCHAR, event VARCHAR, timestamp TIMESTAMP, send_id VARCHAR)"
+    )
+    connection.executemany("INSERT INTO ev VALUES (?, ?, ?, ?)", rows)
+    got = connection.sql(activity_sql("ev", monday + timedelta(hours=23))).df()
+    counts = {
+        (ACTIVITY_KINDS[k], int(h)): int(n)
+        for k, h, n in got[["kind", "hour_of_week", "events"]].itertuples(index=False)
+    }
+    assert counts == {
+        ("activity", 8): 3,
+        ("engagement", 11): 2,
+        ("engagement", 14): 1,
+        ("active_hours", 8): 1,
+        ("engaged_send_hours", 9): 1,
+        ("engaged_send_hours", 14): 1,
+    }

@@ -4,9 +4,10 @@ Every array comes from ``features.examples`` / ``features.sequences`` / ``featur
 through one :class:`~features.examples.ProfileSource` (chosen in one place,
 ``features.profile_source.default_profile_source``), plus two point-in-time histograms built here:
 
-- ``activity`` (P, 2, 168): the profile's events per hour of week over its whole history at the
-  cutoff, row 0 for what the person did (site, app, orders, identify), row 1 for opens, clicks
-  and taps. They feed the send-window head and the hour heuristics.
+- ``activity`` (P, 4, 168): the profile's history per hour of week at the cutoff, one row per
+  ``ACTIVITY_KINDS`` (see :func:`activity_sql`): events of what the person did (site, app,
+  orders, identify), opens/clicks/taps at their hour, distinct active clock hours, and engaged
+  messages at their send hour. They feed the send-window head and the hour heuristics.
 - ``reached`` (P, 3): whether the profile was ever sent a message on email, sms, push.
 
 ``until`` bounds everything: the source never shows an event after it, labels included.
@@ -40,7 +41,7 @@ from features.examples import (
 from features.identity import tables
 from features.sequences import VOCABULARY_SIZE, SequenceConfig, sequences_sql, to_sequences
 from training.config import DataConfig
-from training.model import CHANNELS, HOURS_PER_WEEK
+from training.model import ACTIVITY_KINDS, CHANNELS, HOURS_PER_WEEK
 
 logger = logging.getLogger(__name__)
 
@@ -126,14 +127,46 @@ def _names(values: Iterable[str]) -> str:
 
 
 def activity_sql(profile_events: str, at: datetime) -> str:
-    """SQL: profile_id, kind (0 activity, 1 engagement), hour_of_week, events; at or before at."""
+    """SQL: profile_id, kind (ACTIVITY_KINDS index), hour_of_week, events; at or before at.
+
+    0 events of the person's own activity (site, app, orders, identify), 1 opens, clicks and
+    taps, each at its own hour; 2 distinct clock hours with own activity (a session counts
+    once, however many pages it has); 3 engaged messages (a send opened, clicked or tapped
+    counts once) at the hour the message was sent, or at the engagement's own hour when its
+    send is not in the log."""
+    at_sql = timestamp_literal(at)
+    own = f"event NOT IN ({_names(_NOT_ACTIVITY)}) AND event NOT IN ({_names(ENGAGEMENT_EVENTS)})"
+    engaged = f"event IN ({_names(ENGAGEMENT_EVENTS)})"
     return f"""
-SELECT profile_id,
-       CASE WHEN event IN ({_names(ENGAGEMENT_EVENTS)}) THEN 1 ELSE 0 END AS kind,
-       (isodow(timestamp) - 1) * 24 + hour(timestamp) AS hour_of_week,
+WITH e AS (
+    SELECT profile_id, event, timestamp, send_id FROM {profile_events}
+    WHERE timestamp <= {at_sql}
+),
+sent AS (
+    SELECT send_id, min(timestamp) AS sent_at FROM e
+    WHERE event IN ({_names(SEND_EVENTS)}) AND send_id IS NOT NULL
+    GROUP BY send_id
+),
+engaged_sends AS (
+    SELECT profile_id, send_id, min(timestamp) AS timestamp FROM e
+    WHERE {engaged} AND send_id IS NOT NULL
+    GROUP BY profile_id, send_id
+    UNION ALL
+    SELECT profile_id, NULL AS send_id, timestamp FROM e WHERE {engaged} AND send_id IS NULL
+),
+marks AS (
+    SELECT profile_id, CASE WHEN {engaged} THEN 1 ELSE 0 END AS kind, timestamp AS moment FROM e
+    WHERE event NOT IN ({_names(_NOT_ACTIVITY)})
+    UNION ALL
+    SELECT DISTINCT profile_id, 2 AS kind, date_trunc('hour', timestamp) AS moment FROM e
+    WHERE {own}
+    UNION ALL
+    SELECT g.profile_id, 3 AS kind, coalesce(s.sent_at, g.timestamp) AS moment
+    FROM engaged_sends AS g LEFT JOIN sent AS s USING (send_id)
+)
+SELECT profile_id, kind, (isodow(moment) - 1) * 24 + hour(moment) AS hour_of_week,
        count(*) AS events
-FROM {profile_events}
-WHERE timestamp <= {timestamp_literal(at)} AND event NOT IN ({_names(_NOT_ACTIVITY)})
+FROM marks
 GROUP BY ALL
 """
 
@@ -150,7 +183,7 @@ def _activity_arrays(
     connection: duckdb.DuckDBPyConnection, events: str, at: datetime, profile_ids: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     index = pd.Index(profile_ids)
-    activity = np.zeros((len(profile_ids), 2, HOURS_PER_WEEK), dtype=np.float32)
+    activity = np.zeros((len(profile_ids), len(ACTIVITY_KINDS), HOURS_PER_WEEK), np.float32)
     rows = connection.sql(activity_sql(events, at)).df()
     row = index.get_indexer(rows["profile_id"])
     keep = row >= 0
@@ -176,7 +209,7 @@ class ExampleSet:
     """Profiles at one or more cutoffs, row-aligned arrays; sends grouped by row."""
 
     profiles: pd.DataFrame  # profile_id, cutoff, aggregates, ordered (labels may be absent)
-    arrays: dict[str, np.ndarray]  # SEQUENCE_ARRAYS (P, T), activity (P, 2, 168), reached (P, 3)
+    arrays: dict[str, np.ndarray]  # SEQUENCE_ARRAYS (P, T), activity (P, K, 168), reached (P, 3)
     sends: pd.DataFrame  # row, channel (index), hour_of_week, propensity, engaged; sorted by row
     send_offsets: np.ndarray = field(init=False)  # (P + 1,) sends of row i: offsets[i]:[i + 1]
 
@@ -365,7 +398,7 @@ def _cache_key(fingerprint: str, source: ProfileSource, cutoff: datetime, data: 
     return f"{cutoff:%Y%m%dT%H%M%S}-{digest}"
 
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: activity has four rows (ACTIVITY_KINDS)
 
 
 def _read_cached(folder: Path, sequence_length: int) -> ExampleSet | None:

@@ -26,6 +26,7 @@ from training.config import TrainConfig, build_config
 from training.datasets import SEQUENCE_ARRAYS, ExampleSet, FeatureSpec
 from training.metrics import PlattCalibrator
 from training.model import (
+    ACTIVITY_KINDS,
     CHANNELS,
     HOURS_PER_WEEK,
     KairosEnsemble,
@@ -178,7 +179,7 @@ def examples_from_frame(frame: pd.DataFrame) -> ExampleSet:
     }
     arrays["activity"] = np.array(
         [np.asarray(v) for v in frame["activity"]], dtype=np.float32
-    ).reshape(len(frame), 2, HOURS_PER_WEEK)
+    ).reshape(len(frame), len(ACTIVITY_KINDS), HOURS_PER_WEEK)
     arrays["reached"] = np.stack(
         [
             frame.get(f"reached_{c}", pd.Series(True, index=frame.index)).to_numpy(bool)

@@ -22,7 +22,7 @@ import torch
 from training.config import TrainConfig
 from training.datasets import ExampleSet, FeatureSpec, attach_static, model_inputs
 from training.metrics import PlattCalibrator, log_loss, roc_auc
-from training.model import CHANNELS, HOURS_PER_WEEK, KairosEnsemble, KairosModel
+from training.model import CHANNELS, HOURS_PER_WEEK, KIND_WEIGHTS, KairosEnsemble, KairosModel
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +65,11 @@ def seed_everything(seed: int, threads: int) -> None:
 
 
 def population_activity(examples: ExampleSet) -> np.ndarray:
-    """(168,) share of all activity per hour of week, with one pseudo-event per hour."""
-    totals = examples.arrays["activity"].sum(axis=(0, 1)).astype(np.float64) + 1.0
+    """(168,) share of all activity per hour of week (the kinds weighted as the head starts
+    out weighting them), with one pseudo-event per hour."""
+    activity = examples.arrays["activity"]
+    weights = np.asarray(KIND_WEIGHTS[: activity.shape[1]], dtype=np.float64)
+    totals = np.einsum("pkh,k->h", activity, weights, dtype=np.float64) + 1.0
     return totals / totals.sum()
 
 
