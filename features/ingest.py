@@ -53,7 +53,10 @@ _SUFFIX_FORMATS = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-DEFAULT_BATCH_SIZE = 100_000
+# Two DuckDB row groups (122,880 rows each): fewer, larger appends cost less per event
+# (measured 6.8 -> 4.8 µs CPU per event against 100,000: fewer probes of the stored ids, fewer
+# commits), and whole row groups are written once rather than through the WAL first.
+DEFAULT_BATCH_SIZE = 2 * 122_880
 _DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
 _PARALLEL_BYTES = 32 << 20
 # Lines per DuckDB query on the vectorised path: planning one costs ~0.1 s, so blocks are big.

@@ -28,7 +28,12 @@ from features.contract import (
     RejectedRecord,
     normalise_message,
 )
-from features.vectorised import CLAIMED_SCHEMA, PYTHON_WHITESPACE, normalise_lines
+from features.vectorised import (
+    CLAIMED_SCHEMA,
+    PYTHON_WHITESPACE,
+    common_shape_rows,
+    normalise_lines,
+)
 
 _JSON_COLUMNS = {"properties", "traits"}
 
@@ -73,6 +78,17 @@ def check_against_reference(raws: list[str], options: NormaliseOptions) -> tuple
     assert claimed_positions == sorted(claimed_positions)
     assert unclaimed_positions == sorted(unclaimed_positions)
     assert unclaimed.column("raw").to_pylist() == [raws[p - 1] for p in unclaimed_positions]
+    assert_rows_equal_reference(events, raws, options)
+    # The common-shape query, which runs first, is held to the reference on its own too.
+    common = common_shape_rows(_lines(raws), options)
+    assert common.schema == CLAIMED_SCHEMA
+    assert set(common.column("position").to_pylist()) <= set(claimed_positions)
+    assert_rows_equal_reference(common, raws, options)
+    return len(claimed_positions), len(unclaimed_positions)
+
+
+def assert_rows_equal_reference(events: pa.Table, raws: list[str], options: NormaliseOptions):
+    """Every row of ``events`` equals the reference row of its line (position = line number)."""
     for row in events.to_pylist():
         raw = raws[row["position"] - 1]
         expected = _reference(raw, options)
@@ -83,7 +99,6 @@ def check_against_reference(raws: list[str], options: NormaliseOptions) -> tuple
             if not _same(column, want, row[column])
         ]
         assert not differences, f"{raw}\n{differences}"
-    return len(claimed_positions), len(unclaimed_positions)
 
 
 # --- exact fixtures ----------------------------------------------------------------------------
@@ -513,6 +528,110 @@ def test_many_random_messages_in_one_batch() -> None:
     raws = [_random_line(rng) for _ in range(4000)]
     claimed, _ = check_against_reference(raws, NormaliseOptions(phone_region="GB"))
     assert claimed > 1000  # the generator makes plenty of well-formed lines
+    # ... and plenty of them in the common shape, so that its query is exercised
+    assert common_shape_rows(_lines(raws), NormaliseOptions(phone_region="GB")).num_rows > 50
+
+
+def test_lines_near_the_common_shape() -> None:
+    """Lines of the common shape with one field pushed to or past its edge: whatever the
+    common-shape query claims equals the reference (check_against_reference checks it alone)."""
+    rng = random.Random(5)
+    raws = [_common_line(rng) for _ in range(3000)]
+    claimed, _ = check_against_reference(raws, NormaliseOptions())
+    common = common_shape_rows(_lines(raws)).num_rows
+    assert 0.3 * len(raws) < common <= claimed  # both sides of the edge are well represented
+
+
+def _common_line(rng: random.Random) -> str:
+    """A simulator-like line; in about half of them one field takes an unusual value."""
+    start = datetime(2026, 1, 5) + timedelta(seconds=rng.randrange(86_400 * 30))
+    message: dict[str, Any] = {
+        "type": rng.choice(["track", "track", "page", "screen"]),
+        "event": rng.choice(["Email Opened", "Product Viewed", "Order Completed", "SMS Sent"]),
+        "messageId": f"m-{rng.getrandbits(32):08x}",
+        "timestamp": start.strftime("%Y-%m-%dT%H:%M:%S.%f")[: rng.choice([19, 21, 23, 26])] + "Z",
+        "userId": f"user_{rng.randrange(99)}",
+        "properties": {"send_id": "s-1", "campaign_id": "c-1", "channel": "email"},
+        "context": {"device": {"id": "d-1", "type": rng.choice(["ios", "desktop"])}},
+    }
+    odd: dict[str, Any] = rng.choice(
+        [
+            {},
+            {"messageId": rng.choice(["", " m ", 42, 4.5, True, None])},
+            {"userId": rng.choice(["", 7, 7.0, False, None, {"a": 1}])},
+            {"anonymousId": rng.choice(["a-1", "", None, [1]])},
+            {
+                "timestamp": rng.choice(
+                    [
+                        "2026-02-30T00:00:00Z",
+                        "2026-01-05T10:00:00.1234567Z",
+                        "2026-01-05T10:00:00+02:00",
+                        "2026-01-05 10:00:00Z",
+                        "2026-01-05T24:00:00Z",
+                        "1969-12-31T23:59:59Z",
+                        None,
+                        5,
+                    ]
+                )
+            },
+            {"event": rng.choice(["order_completed", "Custom", "", None, 3])},
+            {"type": rng.choice(["identify", "Track", "alias", None])},
+            {
+                "properties": rng.choice(
+                    [
+                        None,
+                        {},
+                        [],
+                        "x",
+                        {"revenue": rng.choice([12.5, 3, "12.5", None, True, 1e300, -0.0])},
+                        {
+                            "price": rng.choice([2.5, "2.5", None]),
+                            "quantity": rng.choice([2, "2", None]),
+                        },
+                        {"product_id": rng.choice(["p", 5, 5.5, None, ""]), "category": "Shoes"},
+                        {"channel": rng.choice(["sms", "Email", "fax", None, 1])},
+                        {"value": 3},
+                        {"email": "x@y.co"},
+                        {"nested": {"a": 1}},
+                        {"list": [1, 2]},
+                    ]
+                )
+            },
+            {
+                "context": rng.choice(
+                    [
+                        None,
+                        {},
+                        [],
+                        {
+                            "traits": {
+                                "email": rng.choice(["Ann@Mail.Test", "bad", "", None, 5, "a@b"])
+                            }
+                        },
+                        {
+                            "traits": {
+                                "phone": rng.choice(["+447911123456", "07911 123456", "x", 5])
+                            }
+                        },
+                        {"traits": None},
+                        {"traits": {"deep": {"a": 1}}},
+                        {"device": None},
+                        {"device": {"id": 5, "type": "android"}},
+                        {"app": rng.choice([{}, 1, "x"])},
+                        {"campaign": {"name": "c"}},
+                    ]
+                )
+            },
+        ]
+    )
+    message.update(odd)
+    raw = orjson.dumps({k: v for k, v in message.items() if v is not None or rng.random() < 0.5})
+    text = raw.decode()
+    if rng.random() < 0.05:  # a duplicate key, at the top or inside properties
+        text = text.replace('"userId":', '"userId":"dup","userId":', 1)
+    if rng.random() < 0.05:
+        text = text.replace('"send_id":', '"send_id":"dup","send_id":', 1)
+    return text
 
 
 def _random_line(rng: random.Random) -> str:
@@ -561,6 +680,8 @@ def test_a_simulated_brand_is_mostly_claimed(tmp_path: Path) -> None:
     raws = [line for line in world.events_path.read_text().splitlines() if line.strip()]
     claimed, unclaimed = check_against_reference(raws, NormaliseOptions())
     assert claimed / len(raws) >= 0.95, (claimed, unclaimed)
+    # most of a realistic stream is in the common shape (the leaner query)
+    assert common_shape_rows(_lines(raws)).num_rows / len(raws) >= 0.85
 
 
 def test_many_scan_batches_keep_input_order() -> None:
