@@ -8,7 +8,7 @@ Generates realistic Segment JSON lines with the simulator (or reads a JSON-lines
 - sql_with_fallback: the same plus the Python path for the lines SQL leaves unclaimed, i.e. the
   cost of normalising every line.
 Prints one JSON line with events/s of each path, CPU µs per line (all threads; comparable even
-on a busy machine) and the share of lines SQL claims.
+on a busy machine), the share of lines SQL claims and the share the common-shape query claims.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import orjson
 import pyarrow as pa
 
 from features.contract import NormaliseOptions, RejectedRecord, normalise_message
-from features.vectorised import normalise_lines
+from features.vectorised import common_shape_rows, normalise_lines
 
 LINES_PER_CUSTOMER_MONTH = 55  # what the default simulator writes, roughly
 
@@ -64,6 +64,18 @@ def main() -> None:
     for raw in leftovers:
         _python_row(raw, options)
     fallback_seconds = time.perf_counter() - started
+    common = sum(  # outside the timings: the share of lines the leaner query claims alone
+        common_shape_rows(
+            pa.table(
+                {
+                    "position": pa.array(range(first, first + len(batch)), pa.int64()),
+                    "raw": pa.array(batch, pa.string()),
+                }
+            )
+        ).num_rows
+        for first in range(0, len(raws), args.batch)
+        for batch in [raws[first : first + args.batch]]
+    )
 
     print(
         json.dumps(
@@ -76,6 +88,7 @@ def main() -> None:
                 "sql_events_per_s": round(len(raws) / sql_seconds),
                 "sql_with_fallback_events_per_s": round(len(raws) / fallback_seconds),
                 "claimed_share": round(claimed / len(raws), 4),
+                "common_shape_share": round(common / len(raws), 4),
                 # CPU time of all threads per line: comparable even on a busy machine
                 "python_cpu_us_per_line": round(python_cpu / len(raws) * 1e6, 2),
                 "sql_cpu_us_per_line": round(sql_cpu / len(raws) * 1e6, 2),
