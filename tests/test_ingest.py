@@ -381,7 +381,20 @@ def test_killed_ingest_leaves_a_consistent_store_that_a_rerun_completes(tmp_path
         assert store.count() == count
 
 
-def test_vectorised_path_stores_what_the_reference_path_stores(tmp_path: Path) -> None:
+# 0: the general query runs on whatever the common-shape query leaves; 10**9: it never runs
+# and those lines take the reference path (the default skips it for a few thousand lines).
+GENERAL_QUERY_THRESHOLDS = pytest.mark.parametrize(
+    "general_min_lines", [0, 10**9], ids=["general query", "reference for the rest"]
+)
+
+
+@GENERAL_QUERY_THRESHOLDS
+def test_vectorised_path_stores_what_the_reference_path_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, general_min_lines: int
+) -> None:
+    import features.ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "_GENERAL_QUERY_MIN_LINES", general_min_lines)
     lines = [good(i) for i in range(40)] + [b"{bad", good(3), {**good(50), "type": "shout"}]
     lines += [{**good(60), "event": "order_completed", "context": {"traits": {"email": "X@Y.io"}}}]
     path = write_lines(tmp_path / "e.jsonl", lines)
@@ -399,9 +412,10 @@ def test_vectorised_path_stores_what_the_reference_path_stores(tmp_path: Path) -
     assert stored[1] == stored[0]
 
 
+@GENERAL_QUERY_THRESHOLDS
 @pytest.mark.parametrize("batch_size", [3, 16, 100_000])
 def test_vectorised_blocks_store_what_the_reference_path_stores(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_size: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_size: int, general_min_lines: int
 ) -> None:
     """The block path (lines as Arrow straight from the bytes, several blocks in flight) keeps
     every line's number, order, dead letter and count, whatever sits between good lines."""
@@ -409,6 +423,7 @@ def test_vectorised_blocks_store_what_the_reference_path_stores(
 
     monkeypatch.setattr(ingest_module, "_VECTORISED_CHUNK_BYTES", 700)  # many small blocks
     monkeypatch.setattr(ingest_module, "_VECTORISED_SCAN_ROWS", 2)  # many scan batches
+    monkeypatch.setattr(ingest_module, "_GENERAL_QUERY_MIN_LINES", general_min_lines)
     envelope = {"batch": [good(70), good(71)], "context": {"traits": {"email": "a@b.io"}}}
     lines = [good(i) for i in range(30)]
     lines[3:3] = [b"", b"   ", b"\t"]  # blank lines are not records

@@ -17,6 +17,7 @@ from typing import Any
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -540,6 +541,23 @@ def test_lines_near_the_common_shape() -> None:
     claimed, _ = check_against_reference(raws, NormaliseOptions())
     common = common_shape_rows(_lines(raws)).num_rows
     assert 0.3 * len(raws) < common <= claimed  # both sides of the edge are well represented
+
+
+def test_general_query_can_be_left_out_for_few_lines() -> None:
+    """With fewer leftover lines than ``general_min_lines``, only the common-shape query claims;
+    the rest come back unclaimed (for the reference path), each line exactly once."""
+    rng = random.Random(9)
+    raws = [_common_line(rng) for _ in range(400)]
+    lines = _lines(raws)
+    common = common_shape_rows(lines).column("position").to_pylist()
+    events, unclaimed = normalise_lines(lines, general_min_lines=len(raws))
+    assert events.column("position").to_pylist() == common
+    assert sorted(common + unclaimed.column("position").to_pylist()) == list(
+        range(1, len(raws) + 1)
+    )
+    everything, _ = normalise_lines(lines, general_min_lines=1)
+    assert everything.num_rows > len(common)  # the general query claims more when it runs
+    assert events.equals(everything.filter(pc.is_in(everything["position"], events["position"])))
 
 
 def _common_line(rng: random.Random) -> str:
