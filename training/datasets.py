@@ -37,6 +37,7 @@ from features.examples import (
     ProfileSource,
     TimeSplit,
     build_examples,
+    profile_events_table,
 )
 from features.identity import tables
 from features.sequences import VOCABULARY_SIZE, SequenceConfig, sequences_sql, to_sequences
@@ -295,11 +296,10 @@ def examples_at(
         send_window_days=data.send_window_days,
         sequence=SequenceConfig(data.sequence_length, data.category_buckets),
     )
-    examples: CutoffExamples = build_examples(connection, source, cutoff, config)
-    profile_ids = examples.sequences.profile_ids
-    activity, reached = _activity_arrays(
-        connection, source.events_as_of(connection, cutoff), cutoff, profile_ids
-    )
+    with profile_events_table(connection, source, cutoff) as events:
+        examples: CutoffExamples = build_examples(connection, source, cutoff, config, events)
+        profile_ids = examples.sequences.profile_ids
+        activity, reached = _activity_arrays(connection, events, cutoff, profile_ids)
     profiles = examples.profiles.copy()
     profiles.insert(1, "cutoff", pd.Timestamp(cutoff))
     arrays = {name: getattr(examples.sequences, name) for name in SEQUENCE_ARRAYS}
@@ -315,18 +315,18 @@ def features_at(
     category_buckets: int,
 ) -> ExampleSet:
     """Features only (no labels, nothing after ``at`` read): what scoring needs."""
-    events = source.events_as_of(connection, at)
     config = SequenceConfig(sequence_length, category_buckets)
-    aggregates = connection.sql(aggregates_sql(events, at)).df()
-    sequences = to_sequences(
-        connection.sql(sequences_sql(events, at, config)).to_arrow_table(), config
-    )
+    with profile_events_table(connection, source, at) as events:
+        aggregates = connection.sql(aggregates_sql(events, at)).df()
+        sequences = to_sequences(
+            connection.sql(sequences_sql(events, at, config)).to_arrow_table(), config
+        )
+        activity, reached = _activity_arrays(connection, events, at, sequences.profile_ids)
     order = pd.Index(aggregates["profile_id"]).get_indexer(sequences.profile_ids)
     if (order < 0).any() or len(order) != len(aggregates):
         raise RuntimeError("aggregates and sequences disagree on the profiles at the cutoff")
     profiles = aggregates.iloc[order].reset_index(drop=True)
     profiles.insert(1, "cutoff", pd.Timestamp(at))
-    activity, reached = _activity_arrays(connection, events, at, sequences.profile_ids)
     arrays = {name: getattr(sequences, name) for name in SEQUENCE_ARRAYS}
     arrays.update(activity=activity, reached=reached)
     empty = pd.DataFrame({"row": pd.Series([], dtype=np.int64)})
