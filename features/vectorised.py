@@ -139,13 +139,14 @@ _MACROS_TEMPLATE = r"""
 -- Such a token follows ':', ',' or '[', and one pattern per separator lets the regex engine
 -- jump from separator to separator. String content can trip them too: such a line is merely
 -- left to Python.
-CREATE OR REPLACE TEMP MACRO kairos_parseable(raw) AS
-    json_valid(raw)
-    AND NOT regexp_matches(raw, ':@ODD_NUMBER@')
+CREATE OR REPLACE TEMP MACRO kairos_screened(raw) AS
+    NOT regexp_matches(raw, ':@ODD_NUMBER@')
     AND NOT regexp_matches(raw, ',(?:@ODD_NUMBER@|\s*[}\]])')
     AND NOT regexp_matches(raw, '\[@ODD_NUMBER@')
     AND CASE WHEN strlen(raw) < 2048 THEN true
              ELSE strlen(raw) - strlen(replace(replace(raw, '{', ''), '[', '')) < 1000 END;
+-- Valid JSON that yyjson and orjson read alike.
+CREATE OR REPLACE TEMP MACRO kairos_parseable(raw) AS json_valid(raw) AND kairos_screened(raw);
 
 -- A line whose string values all need no work: no escapes (no backslash at all), ASCII only, and
 -- no string starting or ending with a space ('" ' or ' "' never occurs). Then str.strip() changes
@@ -568,11 +569,13 @@ _COMMON_TEMPLATE = r"""
 WITH fields AS (
     SELECT position, raw, object_keys, @FIELDS@
     FROM (
+        -- try(): invalid JSON makes the extraction NULL (the line is not claimed), which spares
+        -- the separate json_valid() parse of kairos_parseable (same parser, same verdict).
         SELECT position, raw,
-            CAST(json_extract(raw, @VALUE_PATHS@) AS VARCHAR[]) AS v,
-            json_keys(raw, @OBJECT_PATHS@) AS object_keys
+            try(CAST(json_extract(raw, @VALUE_PATHS@) AS VARCHAR[])) AS v,
+            try(json_keys(raw, @OBJECT_PATHS@)) AS object_keys
         FROM @LINES@
-        WHERE kairos_plain_line(raw) AND kairos_parseable(raw)
+        WHERE kairos_plain_line(raw) AND kairos_screened(raw)
     )
 ),
 -- The conditions are columns, not WHERE clauses: DuckDB would push a filter down past the
