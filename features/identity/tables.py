@@ -522,9 +522,22 @@ def event_rows(connection: duckdb.DuckDBPyConnection, after: int, upto: int) -> 
 def event_rows_between(
     connection: duckdb.DuckDBPyConnection, after: datetime, upto: datetime
 ) -> list[tuple]:
-    """Identity columns of the events with ``after < timestamp <= upto``."""
+    """Identity columns (see graph.observe_rows) of the first message, by (timestamp,
+    message_id), of each distinct identifier tuple among the events with ``after < timestamp
+    <= upto``. A tuple seen again adds nothing the graph does not have (the batch path reads
+    the same first sightings), and most events repeat one: a known visitor's next page view."""
     return connection.execute(
-        f"SELECT {EVENT_ROW_SQL} FROM events WHERE timestamp > ? AND timestamp <= ?",
+        """
+        SELECT first.ts, first.mid, first.kind,
+               user_id, anonymous_id, previous_id, email, phone, device_id
+        FROM (
+            SELECT user_id, anonymous_id, previous_id, email, phone, device_id,
+                   arg_min(struct_pack(ts := epoch_us(timestamp), mid := message_id,
+                                       kind := type), (timestamp, message_id)) AS first
+            FROM events WHERE timestamp > ? AND timestamp <= ?
+            GROUP BY ALL
+        )
+        """,
         [after, upto],
     ).fetchall()
 
