@@ -93,13 +93,18 @@ def main() -> None:
 
             if args.example_cutoffs < 1:
                 return
-            cutoffs = [last - timedelta(days=7 * k + 14) for k in range(args.example_cutoffs)]
+            # Oldest first, as training reads them: the identity graph advances between them.
+            cutoffs = sorted(last - timedelta(days=7 * k + 14) for k in range(args.example_cutoffs))
+            source = default_profile_source(store.connection)  # nothing cached from above
             started, cpu = time.perf_counter(), cpu_seconds()
             examples = sends = 0
+            per_cutoff = []
             for cutoff in cutoffs:
+                lap = time.perf_counter()
                 built = build_examples(connection, source, cutoff, ExampleConfig())
                 examples += len(built.profiles)
                 sends += len(built.sends)
+                per_cutoff.append(round(time.perf_counter() - lap, 1))
             seconds = time.perf_counter() - started
             print(
                 json.dumps(
@@ -111,6 +116,7 @@ def main() -> None:
                         "cpu_seconds": round(cpu_seconds() - cpu, 2),
                         "load_average": round(os.getloadavg()[0], 2),
                         "examples_per_second": round(examples / seconds),
+                        "seconds_per_cutoff": per_cutoff,
                         "peak_rss_mb": round(peak_rss_mb()),
                     }
                 )
