@@ -17,6 +17,7 @@ from features.examples import IdentifierProfiles, ProfileSource
 from features.identity import ProfilesAsOf, event_profiles_sql, tables
 
 _names = itertools.count()
+_KEEP_AS_OF = 2  # as-of identifier tables kept registered (the current cutoff and one before)
 
 
 class IdentityProfiles:
@@ -45,7 +46,16 @@ class IdentityProfiles:
                 name = f"identity_as_of_{next(_names)}"
                 self.connection.register(name, self._graphs.at(at))
                 self._as_of[at] = name
+                self._forget_all_but_latest(_KEEP_AS_OF)
         return self._as_of[at]
+
+    def _forget_all_but_latest(self, keep: int) -> None:
+        """Unregister all but the ``keep`` most recently made as-of tables: cutoffs are read one
+        after another, and each table holds every identifier."""
+        for at in list(self._as_of)[:-keep]:
+            name = self._as_of.pop(at)
+            if name != "identity_identifiers":
+                self.connection.unregister(name)
 
     def _stored_graph_is_as_of(self, at: datetime) -> bool:
         """At or after the last event, with every stored event resolved, the stored graph is
