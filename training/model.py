@@ -13,7 +13,10 @@ aggregates (a wide & deep join, Cheng et al., 2016). Two heads read the hidden v
   = sigmoid(channel_c(z) + hour_h(z, activity)), for all 168 hours and every channel. The hour
   term is a learned population prior plus a learned gain times the log of the profile's
   smoothed activity-hour distribution (a Dirichlet-style posterior that shrinks to the
-  population when the profile has little history), plus a low-rank personal correction. With no
+  population when the profile has little history), plus a low-rank personal correction. The
+  posterior counts active clock hours (a session once) and engaged messages at their send
+  hour, and pools the hour of day across the days of the week: people keep their hours from
+  day to day, and a few months of history hold only a handful of sessions per person. With no
   history the output is the population prior; with no sends at all the head is untrained and
   the send window is the argmax of the activity posterior.
 
