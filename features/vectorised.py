@@ -130,6 +130,37 @@ def _sql_list(values: Any) -> str:
     return ", ".join(_sql_text(value) for value in values)
 
 
+def _filled(template: str, values: dict[str, str]) -> str:
+    """``template`` with each @PLACEHOLDER@ replaced by its SQL text."""
+    for placeholder, value in values.items():
+        template = template.replace(placeholder, value)
+    return template
+
+
+def _extraction(object_paths: tuple[str, ...]) -> dict[str, str]:
+    """The placeholders of the one JSON parse both queries start with: the lines, the values
+    extracted as JSON text (VALUE_PATHS, as ``<name>_json``), the key lists of
+    ``object_paths``, and the test for rare property keys."""
+    return {
+        "@LINES@": _LINES_VIEW,
+        "@VALUE_PATHS@": "[" + _sql_list(VALUE_PATHS.values()) + "]",
+        "@OBJECT_PATHS@": "[" + _sql_list(object_paths) + "]",
+        "@FIELDS@": ",\n        ".join(
+            f"v[{i}] AS {name}_json" for i, name in enumerate(VALUE_PATHS, start=1)
+        ),
+        "@RARE_TEST@": " OR ".join(
+            f"""contains(properties_json, '"{key}":')""" for key in RARE_PROPERTIES
+        ),
+    }
+
+
+def _strings_or_absent(sources: Any) -> str:
+    """SQL: every one of these JSON texts is a string or absent."""
+    return " AND ".join(
+        f"""({source} IS NULL OR starts_with({source}, '"'))""" for source in sources
+    )
+
+
 # --- SQL macros: each one states when SQL agrees with the reference ---------------------------
 # @NAME@ placeholders are filled in from the contract below, so the SQL reads as plain SQL.
 _MACROS_TEMPLATE = r"""
@@ -288,10 +319,7 @@ def _macros_sql() -> str:
         "@CHANNELS_JSON@": _sql_list(f'"{channel}"' for channel in CHANNELS),
         "@APP_DEVICE_TYPES@": _sql_list(sorted(_APP_DEVICE_TYPES)),
     }
-    sql = _MACROS_TEMPLATE
-    for placeholder, value in values.items():
-        sql = sql.replace(placeholder, value)
-    return sql
+    return _filled(_MACROS_TEMPLATE, values)
 
 
 # --- The query ---------------------------------------------------------------------------------
@@ -510,25 +538,14 @@ _RARE_NAMES = {"email": "properties_email", "phone": "properties_phone"}
 
 def _query_sql() -> str:
     values = {
-        "@LINES@": _LINES_VIEW,
-        "@VALUE_PATHS@": "[" + _sql_list(VALUE_PATHS.values()) + "]",
-        "@OBJECT_PATHS@": "[" + _sql_list(OBJECT_PATHS) + "]",
-        "@FIELDS@": ",\n        ".join(
-            f"v[{i}] AS {name}_json" for i, name in enumerate(VALUE_PATHS, start=1)
-        ),
+        **_extraction(OBJECT_PATHS),
         "@RARE_PATHS@": "[" + _sql_list(f"$.{key}" for key in RARE_PROPERTIES) + "]",
         "@RARE_FIELDS@": ",\n        ".join(
             f"rare[{i}] AS {_RARE_NAMES.get(key, key)}_json"
             for i, key in enumerate(RARE_PROPERTIES, start=1)
         ),
-        "@RARE_TEST@": " OR ".join(
-            f"""contains(properties_json, '"{key}":')""" for key in RARE_PROPERTIES
-        ),
         "@TEXT_SOURCES@": ", ".join(TEXT_FIELDS.values()),
-        "@ALL_TEXTS_PLAIN@": " AND ".join(
-            f"""({source} IS NULL OR starts_with({source}, '"'))"""
-            for source in TEXT_FIELDS.values()
-        ),
+        "@ALL_TEXTS_PLAIN@": _strings_or_absent(TEXT_FIELDS.values()),
         "@TEXT_COLUMNS@": ",\n        ".join(
             f"""CASE WHEN plain_texts THEN {{
                 'kind': CASE WHEN {source} IS NULL THEN 'null' ELSE 'string' END,
@@ -537,10 +554,7 @@ def _query_sql() -> str:
             for i, (name, source) in enumerate(TEXT_FIELDS.items(), start=1)
         ),
     }
-    sql = _QUERY_TEMPLATE
-    for placeholder, value in values.items():
-        sql = sql.replace(placeholder, value)
-    return sql
+    return _filled(_QUERY_TEMPLATE, values)
 
 
 # --- The common shape: a leaner query tried first ----------------------------------------------
@@ -666,28 +680,14 @@ FROM decided
 def _common_sql() -> str:
     texts = {name: source for name, source in _COMMON_TEXTS.items() if name != "message_id"}
     values = {
-        "@LINES@": _LINES_VIEW,
-        "@VALUE_PATHS@": "[" + _sql_list(VALUE_PATHS.values()) + "]",
-        "@OBJECT_PATHS@": "[" + _sql_list(_COMMON_OBJECT_PATHS) + "]",
-        "@FIELDS@": ", ".join(
-            f"v[{i}] AS {name}_json" for i, name in enumerate(VALUE_PATHS, start=1)
-        ),
-        "@RARE_TEST@": " OR ".join(
-            f"""contains(properties_json, '"{key}":')""" for key in RARE_PROPERTIES
-        ),
-        "@ALL_TEXTS_STRINGS@": " AND ".join(
-            f"""({source} IS NULL OR starts_with({source}, '"'))"""
-            for source in _COMMON_TEXTS.values()
-        ),
+        **_extraction(_COMMON_OBJECT_PATHS),
+        "@ALL_TEXTS_STRINGS@": _strings_or_absent(_COMMON_TEXTS.values()),
         "@TEXTS@": ",\n    ".join(
             f"""CASE WHEN {source} <> '""' THEN kairos_unquoted({source}) END AS {name}"""
             for name, source in texts.items()
         ),
     }
-    sql = _COMMON_TEMPLATE
-    for placeholder, value in values.items():
-        sql = sql.replace(placeholder, value)
-    return sql
+    return _filled(_COMMON_TEMPLATE, values)
 
 
 # --- Reference functions over distinct values (vectorised UDFs) --------------------------------
