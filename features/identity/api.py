@@ -178,7 +178,7 @@ class ProfilesAsOf:
         if self._graph is None or self._at is None or at < self._at:
             self._graph, _ = build_graph(self.connection, self.rules, self.overrides, at=at)
         elif at > self._at:
-            self._graph.observe_rows(tables.event_rows_between(self.connection, self._at, at))
+            self._graph.observe_rows(tables.first_sightings_between(self.connection, self._at, at))
         self._at = at
         return assignments_table(self._graph)
 

@@ -519,7 +519,7 @@ def event_rows(connection: duckdb.DuckDBPyConnection, after: int, upto: int) -> 
     ).fetchall()
 
 
-def event_rows_between(
+def first_sightings_between(
     connection: duckdb.DuckDBPyConnection, after: datetime, upto: datetime
 ) -> list[tuple]:
     """Identity columns (see graph.observe_rows) of the first message, by (timestamp,
