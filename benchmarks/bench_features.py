@@ -1,6 +1,7 @@
 """Speed of point-in-time features: aggregates and sequences at one cutoff, examples at 8.
 
     python benchmarks/bench_features.py [--customers 100000] [--days 90] [--store PATH]
+        [--example-cutoffs 8] [--memory-limit 3GB]
 
 Simulates a world (or reuses an event store given with --store), then times aggregates and
 sequences for every profile at the last day, and training examples at 8 weekly cutoffs.
@@ -45,6 +46,9 @@ def main() -> None:
     parser.add_argument(
         "--example-cutoffs", type=int, default=8, help="cutoffs for the examples timing (0: skip)"
     )
+    parser.add_argument(
+        "--memory-limit", help="DuckDB memory_limit, e.g. 3GB (default: DuckDB's, 80%% of RAM)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         store_path = args.store
@@ -55,6 +59,8 @@ def main() -> None:
                 ingest_file(store, world.events_path)
         with EventStore(store_path, read_only=True) as store:
             connection = store.connection
+            if args.memory_limit:
+                connection.execute("SET memory_limit = ?", [args.memory_limit])
             events = store.count()
             last = connection.sql("SELECT max(timestamp) FROM events").fetchall()[0][0]
             source = default_profile_source(store.connection)
