@@ -49,12 +49,28 @@ FEATURE_EVENT_COLUMNS = (
 _table_names = itertools.count()
 
 
+@dataclass(frozen=True)
+class ProfileKeys:
+    """How a source's profile ids pack into integer keys and back, as SQL templates (``{}`` is
+    the column). DuckDB groups, sorts and joins integers much faster than strings longer than
+    its 12-byte inline limit. Keys sort as their ids do."""
+
+    encode: str  # profile id -> key
+    decode: str  # key -> profile id
+
+
 class ProfileSource(Protocol):
     """Where profile events come from; identity resolution implements it."""
 
-    def events_as_of(self, connection: duckdb.DuckDBPyConnection, at: datetime) -> str:
+    # Set when events_as_of(keyed=True) can put integer keys in profile_id; None: never.
+    profile_keys: ProfileKeys | None
+
+    def events_as_of(
+        self, connection: duckdb.DuckDBPyConnection, at: datetime, keyed: bool = False
+    ) -> str:
         """Name of a relation: profile_id + canonical event columns, events at or before
-        ``at``, profiles formed from identity links made at or before ``at``."""
+        ``at``, profiles formed from identity links made at or before ``at``. With ``keyed``
+        (only where ``profile_keys`` is set), profile_id holds each profile's key."""
 
     def label_profiles(self, connection: duckdb.DuckDBPyConnection, at: datetime) -> str:
         """Name of a relation (profile_id, label_profile_id): each as-of-``at`` profile and
@@ -73,6 +89,7 @@ class IdentifierProfiles:
     """
 
     _PROFILE = "coalesce(user_id, email, phone, anonymous_id, device_id)"
+    profile_keys = None  # identifiers have no integer form worth the dense ranking it would take
 
     def __init__(self, events: str = "events", until: datetime | None = None):
         self.events = events
@@ -83,7 +100,11 @@ class IdentifierProfiles:
             return self.events
         return f"(SELECT * FROM {self.events} WHERE timestamp <= {timestamp_literal(self.until)})"
 
-    def events_as_of(self, connection: duckdb.DuckDBPyConnection, at: datetime) -> str:
+    def events_as_of(
+        self, connection: duckdb.DuckDBPyConnection, at: datetime, keyed: bool = False
+    ) -> str:
+        if keyed:
+            raise ValueError("first-identifier profiles have no integer keys")
         return (
             f"(SELECT {self._PROFILE} AS profile_id, * FROM {self._visible()}"
             f" WHERE timestamp <= {timestamp_literal(at)})"
@@ -120,20 +141,39 @@ class CutoffExamples:
     sends: pd.DataFrame  # profile_id, channel, hour_of_week, propensity, engaged, sent_at
 
 
+@dataclass(frozen=True)
+class ProfileEvents:
+    """A cutoff's profile events (FEATURE_EVENT_COLUMNS) in a temporary table. Its profile_id
+    holds the source's integer keys where it has them, so read through :meth:`decoded`."""
+
+    table: str
+    keys: ProfileKeys | None
+
+    def decoded(self, sql: str) -> str:
+        """``sql`` (a query over :attr:`table` with a profile_id column) with profile ids in
+        profile_id again, in the same order."""
+        if self.keys is None:
+            return sql
+        return (
+            f"SELECT * REPLACE ({self.keys.decode.format('profile_id')} AS profile_id) FROM ({sql})"
+        )
+
+
 @contextmanager
 def profile_events_table(
     connection: duckdb.DuckDBPyConnection, source: ProfileSource, at: datetime
-) -> Iterator[str]:
-    """The profile events as of ``at`` (FEATURE_EVENT_COLUMNS), computed once into a temporary
-    table for everything that describes the profiles at ``at``: reading the source's relation
-    directly would map every event to its profile again for each reader. Dropped on exit."""
+) -> Iterator[ProfileEvents]:
+    """The profile events as of ``at``, computed once into a temporary table for everything
+    that describes the profiles at ``at``: reading the source's relation directly would map
+    every event to its profile again for each reader. Dropped on exit."""
     name = f"kairos_profile_events_{next(_table_names)}"
+    keyed = source.profile_keys is not None
     connection.execute(
         f"CREATE TEMP TABLE {name} AS SELECT {', '.join(FEATURE_EVENT_COLUMNS)}"
-        f" FROM {source.events_as_of(connection, at)}"
+        f" FROM {source.events_as_of(connection, at, keyed=keyed)}"
     )
     try:
-        yield name
+        yield ProfileEvents(name, source.profile_keys)
     finally:
         connection.execute(f"DROP TABLE IF EXISTS {name}")
 
@@ -143,7 +183,7 @@ def build_examples(
     source: ProfileSource,
     cutoff: datetime,
     config: ExampleConfig,
-    events: str | None = None,
+    events: ProfileEvents | None = None,
 ) -> CutoffExamples:
     """Features at ``cutoff`` and labels after it, for every profile seen by then.
 
@@ -152,11 +192,9 @@ def build_examples(
     if events is None:
         with profile_events_table(connection, source, cutoff) as table:
             return build_examples(connection, source, cutoff, config, table)
-    aggregates = connection.sql(aggregates_sql(events, cutoff)).df()
-    sequences = to_sequences(
-        connection.sql(sequences_sql(events, cutoff, config.sequence)).to_arrow_table(),
-        config.sequence,
-    )
+    aggregates = connection.sql(events.decoded(aggregates_sql(events.table, cutoff))).df()
+    sequence_rows = events.decoded(sequences_sql(events.table, cutoff, config.sequence))
+    sequences = to_sequences(connection.sql(sequence_rows).to_arrow_table(), config.sequence)
     labels = connection.sql(
         _intent_labels_sql(source, connection, cutoff, config.horizon_days)
     ).df()

@@ -13,15 +13,22 @@ from datetime import datetime
 import duckdb
 
 from features.aggregates import timestamp_literal
-from features.examples import IdentifierProfiles, ProfileSource
+from features.examples import IdentifierProfiles, ProfileKeys, ProfileSource
 from features.identity import ProfilesAsOf, event_profiles_sql, tables
 
 _names = itertools.count()
 _KEEP_AS_OF = 2  # as-of identifier tables kept registered (the current cutoff and one before)
+# Identity's profile ids are "p-" and 16 hex digits (features.identity.profile_id_for): the
+# 64-bit number they spell is the key, and fixed-width hex sorts as the numbers do.
+HEX_PROFILE_KEYS = ProfileKeys(
+    encode="('0x' || substr({}, 3))::UBIGINT", decode="printf('p-%016x', {})"
+)
 
 
 class IdentityProfiles:
     """Profiles of the identity graph, as of each cutoff for inputs, final for labels."""
+
+    profile_keys = HEX_PROFILE_KEYS
 
     def __init__(
         self,
@@ -69,11 +76,17 @@ class IdentityProfiles:
     def _limit(self) -> str:
         return f"e.timestamp <= {timestamp_literal(self.until)}" if self.until else ""
 
-    def events_as_of(self, connection: duckdb.DuckDBPyConnection, at: datetime) -> str:
+    def events_as_of(
+        self, connection: duckdb.DuckDBPyConnection, at: datetime, keyed: bool = False
+    ) -> str:
         where = f"e.timestamp <= {timestamp_literal(at)}"
-        mapped = event_profiles_sql(
-            where=where, identifiers=self._as_of_identifiers(at), columns="e.*"
-        )
+        identifiers = self._as_of_identifiers(at)
+        if keyed:  # encoded once per identifier, so the six joins carry integers
+            key = self.profile_keys.encode.format("profile_id")
+            identifiers = (
+                f"(SELECT identifier_type, identifier, {key} AS profile_id FROM {identifiers})"
+            )
+        mapped = event_profiles_sql(where=where, identifiers=identifiers, columns="e.*")
         return f"(SELECT * FROM ({mapped}) WHERE profile_id IS NOT NULL)"
 
     def label_profiles(self, connection: duckdb.DuckDBPyConnection, at: datetime) -> str:

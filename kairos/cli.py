@@ -230,6 +230,7 @@ def features_build(
 ) -> None:
     """Write one row per profile with its aggregates at --at (columns: features/aggregates.py)."""
     from features.aggregates import aggregates_sql
+    from features.examples import profile_events_table
     from features.profile_source import default_profile_source
     from features.store import EventStore
     from kairos.output import OutputError, check_output_path, write_table
@@ -244,8 +245,9 @@ def features_build(
         console.status("resolving profiles as of --at, then aggregating their events"),
     ):
         source = default_profile_source(store.connection)
-        events = source.events_as_of(store.connection, at)
-        table = store.connection.sql(aggregates_sql(events, at)).to_arrow_table()
+        with profile_events_table(store.connection, source, at) as events:
+            aggregates = events.decoded(aggregates_sql(events.table, at))
+            table = store.connection.sql(aggregates).to_arrow_table()
     write_table(table, out)
     if as_json:
         print(

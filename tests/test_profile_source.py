@@ -5,13 +5,18 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import orjson
+import pandas as pd
 
 from features.aggregates import aggregates_sql
 from features.examples import ExampleConfig, build_examples
 from features.ingest import ingest_file
 from features.profile_source import IdentityProfiles, default_profile_source
+from features.simulate import simulate
 from features.store import EventStore
+from training.config import DataConfig
+from training.datasets import examples_at
 
 T = datetime(2026, 1, 10, 12, 0)
 
@@ -128,3 +133,28 @@ def test_cutoffs_in_any_order_give_the_same_profiles(tmp_path: Path) -> None:
         # The phone's browsing joins Ana's profile only once the login is visible.
         assert len({p for _, p in rows(shared, T + timedelta(hours=2))}) == 1
         assert len({p for _, p in rows(shared, T)}) == 2
+
+
+def test_integer_profile_keys_give_the_same_examples_as_profile_ids(tmp_path: Path) -> None:
+    """Identity's profile events carry 64-bit keys instead of "p-<hex>" ids for speed; every
+    output (aggregates, labels, sequences, activity, send labels) is the same as with ids."""
+    world = simulate(tmp_path / "sim", customers=60, days=28, seed=5)
+    with EventStore(tmp_path / "store.duckdb") as store:
+        ingest_file(store, world.events_path)
+        keyed = IdentityProfiles(store.connection, reuse_stored=False)
+        plain = IdentityProfiles(store.connection, reuse_stored=False)
+        plain.profile_keys = None  # profile ids all the way through
+        start = store.connection.sql("SELECT min(timestamp) FROM events").fetchall()[0][0]
+        for at in (start + timedelta(days=10), start + timedelta(days=17)):
+            a = examples_at(store.connection, keyed, at, DataConfig(horizon_days=7))
+            b = examples_at(store.connection, plain, at, DataConfig(horizon_days=7))
+            assert (
+                len(a.profiles) > 50
+                and a.profiles["profile_id"].str.match(r"p-[0-9a-f]{16}$").all()
+            )
+            pd.testing.assert_frame_equal(a.profiles, b.profiles)
+            pd.testing.assert_frame_equal(a.sends, b.sends)
+            assert a.arrays.keys() == b.arrays.keys()
+            for name in a.arrays:
+                np.testing.assert_array_equal(a.arrays[name], b.arrays[name], err_msg=name)
+            assert a.arrays["activity"].sum() > 0 and len(a.sends) > 0

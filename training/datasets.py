@@ -34,6 +34,7 @@ from features.contract import ENGAGEMENT_EVENTS, SEND_EVENTS
 from features.examples import (
     CutoffExamples,
     ExampleConfig,
+    ProfileEvents,
     ProfileSource,
     TimeSplit,
     build_examples,
@@ -181,11 +182,14 @@ WHERE timestamp <= {timestamp_literal(at)} AND event IN ({_names(SEND_EVENTS)})
 
 
 def _activity_arrays(
-    connection: duckdb.DuckDBPyConnection, events: str, at: datetime, profile_ids: np.ndarray
+    connection: duckdb.DuckDBPyConnection,
+    events: ProfileEvents,
+    at: datetime,
+    profile_ids: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     index = pd.Index(profile_ids)
     activity = np.zeros((len(profile_ids), len(ACTIVITY_KINDS), HOURS_PER_WEEK), np.float32)
-    rows = connection.sql(activity_sql(events, at)).df()
+    rows = connection.sql(events.decoded(activity_sql(events.table, at))).df()
     row = index.get_indexer(rows["profile_id"])
     keep = row >= 0
     np.add.at(
@@ -194,7 +198,7 @@ def _activity_arrays(
         rows["events"].to_numpy(np.float32)[keep],
     )
     reached = np.zeros((len(profile_ids), len(CHANNELS)), dtype=bool)
-    rows = connection.sql(reached_sql(events, at)).df()
+    rows = connection.sql(events.decoded(reached_sql(events.table, at))).df()
     rows = rows[rows["channel"].isin(CHANNELS)]
     row = index.get_indexer(rows["profile_id"])
     channel = np.array([CHANNELS.index(c) for c in rows["channel"]], dtype=np.int64)
@@ -317,10 +321,9 @@ def features_at(
     """Features only (no labels, nothing after ``at`` read): what scoring needs."""
     config = SequenceConfig(sequence_length, category_buckets)
     with profile_events_table(connection, source, at) as events:
-        aggregates = connection.sql(aggregates_sql(events, at)).df()
-        sequences = to_sequences(
-            connection.sql(sequences_sql(events, at, config)).to_arrow_table(), config
-        )
+        aggregates = connection.sql(events.decoded(aggregates_sql(events.table, at))).df()
+        sequence_rows = events.decoded(sequences_sql(events.table, at, config))
+        sequences = to_sequences(connection.sql(sequence_rows).to_arrow_table(), config)
         activity, reached = _activity_arrays(connection, events, at, sequences.profile_ids)
     order = pd.Index(aggregates["profile_id"]).get_indexer(sequences.profile_ids)
     if (order < 0).any() or len(order) != len(aggregates):
