@@ -917,7 +917,7 @@ def _common_rows(
     once per vector of 2,048 lines (measured ~1.5 µs a line though few lines carry a phone),
     here once per distinct phone of the batch. A line whose only identifier is a phone that
     does not read as one is rejected by the reference, so it is not claimed."""
-    rows = _claimed_only(_run(connection, COMMON_SQL, lines, None))
+    rows = _claimed_in_order(_run(connection, COMMON_SQL, lines, None))
     texts = rows.column("phone")
     if texts.null_count < len(texts):
         encoded = texts.combine_chunks().dictionary_encode()
@@ -968,11 +968,17 @@ def _run(
         connection.unregister(_LINES_VIEW)
 
 
-def _claimed_only(result: pa.Table) -> pa.Table:
-    is_claimed = result.column("is_claimed")
-    if is_claimed.null_count == 0 and pc.all(is_claimed).as_py():
+def _claimed_in_order(result: pa.Table) -> pa.Table:
+    """The claimed rows of a query's result (``is_claimed`` is never NULL) in position order.
+
+    One take does both: DuckDB returns its scan batches out of order, so filtering and then
+    sorting (in ``_with_positions``) would copy every row twice (measured 0.3 + 0.4 µs a line
+    on a 32 MB block)."""
+    claimed = np.flatnonzero(result.column("is_claimed").to_numpy(zero_copy_only=False))
+    positions = result.column("position").to_numpy()[claimed]
+    if len(claimed) == result.num_rows and (positions[1:] > positions[:-1]).all():
         return result
-    return result.filter(is_claimed)
+    return result.take(claimed[np.argsort(positions, kind="stable")])
 
 
 def _with_positions(table: pa.Table, original: pa.ChunkedArray) -> pa.Table:
