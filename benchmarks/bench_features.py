@@ -19,11 +19,10 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from features.aggregates import aggregates_sql
 from features.examples import ExampleConfig, build_examples, profile_events_table
 from features.ingest import ingest_file
 from features.profile_source import default_profile_source
-from features.sequences import SequenceConfig, sequences_sql, to_sequences
+from features.sequences import SequenceConfig
 from features.simulate import simulate
 from features.store import EventStore
 
@@ -70,13 +69,10 @@ def main() -> None:
             # As the pipeline does: profiles as of the cutoff, events mapped to them once.
             with profile_events_table(connection, source, last) as view:
                 profile_events_seconds = time.perf_counter() - started
-                aggregates = connection.sql(
-                    view.decoded(aggregates_sql(view.table, last))
-                ).to_arrow_table()
+                aggregates = view.aggregates(connection, last)
                 aggregate_seconds = time.perf_counter() - started - profile_events_seconds
                 lap = time.perf_counter()
-                rows = connection.sql(view.decoded(sequences_sql(view.table, last, config)))
-                sequences = to_sequences(rows.to_arrow_table(), config)
+                sequences = view.sequences(connection, last, config)
                 sequence_seconds = time.perf_counter() - lap
             one_cutoff_cpu = cpu_seconds() - cpu
             print(
@@ -84,7 +80,7 @@ def main() -> None:
                     {
                         "measure": "one cutoff",
                         "events": events,
-                        "profiles": aggregates.num_rows,
+                        "profiles": len(aggregates),
                         "profile_events_seconds": round(profile_events_seconds, 2),
                         "aggregate_seconds": round(aggregate_seconds, 2),
                         "sequence_seconds": round(sequence_seconds, 2),

@@ -21,12 +21,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
 import duckdb
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from features.aggregates import aggregates_sql, timestamp_literal
 from features.contract import SEND_EVENTS
@@ -144,7 +146,8 @@ class CutoffExamples:
 @dataclass(frozen=True)
 class ProfileEvents:
     """A cutoff's profile events (FEATURE_EVENT_COLUMNS) in a temporary table. Its profile_id
-    holds the source's integer keys where it has them, so read through :meth:`decoded`."""
+    holds the source's integer keys where it has them: read it through these methods, which
+    give profile ids back."""
 
     table: str
     keys: ProfileKeys | None
@@ -157,6 +160,36 @@ class ProfileEvents:
         return (
             f"SELECT * REPLACE ({self.keys.decode.format('profile_id')} AS profile_id) FROM ({sql})"
         )
+
+    def ids(self, connection: duckdb.DuckDBPyConnection, keys: np.ndarray) -> np.ndarray:
+        """The profile ids of ``keys`` (values of the table's profile_id), in order."""
+        return self._converted(connection, keys, self.keys and self.keys.decode)
+
+    def keys_of(self, connection: duckdb.DuckDBPyConnection, ids: np.ndarray) -> np.ndarray:
+        """The table's profile_id values of the profiles ``ids``, in order."""
+        return self._converted(connection, ids, self.keys and self.keys.encode)
+
+    @staticmethod
+    def _converted(
+        connection: duckdb.DuckDBPyConnection, values: np.ndarray, template: str | None
+    ) -> np.ndarray:
+        if template is None:
+            return values
+        relation = connection.from_arrow(pa.table({"v": values}))
+        return relation.project(template.format("v")).to_arrow_table().column(0).to_numpy()
+
+    def aggregates(self, connection: duckdb.DuckDBPyConnection, at: datetime) -> pd.DataFrame:
+        """AGGREGATE_COLUMNS of every profile at ``at``, sorted by profile."""
+        return connection.sql(self.decoded(aggregates_sql(self.table, at))).df()
+
+    def sequences(
+        self, connection: duckdb.DuckDBPyConnection, at: datetime, config: SequenceConfig
+    ) -> Sequences:
+        """The last ``config.length`` events of every profile at ``at``."""
+        rows = connection.sql(sequences_sql(self.table, at, config)).to_arrow_table()
+        sequences = to_sequences(rows, config)
+        # Keys become ids once per profile, not once per row (up to config.length rows each).
+        return replace(sequences, profile_ids=self.ids(connection, sequences.profile_ids))
 
 
 @contextmanager
@@ -192,9 +225,8 @@ def build_examples(
     if events is None:
         with profile_events_table(connection, source, cutoff) as table:
             return build_examples(connection, source, cutoff, config, table)
-    aggregates = connection.sql(events.decoded(aggregates_sql(events.table, cutoff))).df()
-    sequence_rows = events.decoded(sequences_sql(events.table, cutoff, config.sequence))
-    sequences = to_sequences(connection.sql(sequence_rows).to_arrow_table(), config.sequence)
+    aggregates = events.aggregates(connection, cutoff)
+    sequences = events.sequences(connection, cutoff, config.sequence)
     labels = connection.sql(
         _intent_labels_sql(source, connection, cutoff, config.horizon_days)
     ).df()

@@ -29,7 +29,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from features.aggregates import aggregates_sql, timestamp_literal
+from features.aggregates import timestamp_literal
 from features.contract import ENGAGEMENT_EVENTS, SEND_EVENTS
 from features.examples import (
     CutoffExamples,
@@ -41,7 +41,7 @@ from features.examples import (
     profile_events_table,
 )
 from features.identity import tables
-from features.sequences import VOCABULARY_SIZE, SequenceConfig, sequences_sql, to_sequences
+from features.sequences import VOCABULARY_SIZE, SequenceConfig
 from training.config import DataConfig
 from training.model import ACTIVITY_KINDS, CHANNELS, HOURS_PER_WEEK
 
@@ -187,9 +187,9 @@ def _activity_arrays(
     at: datetime,
     profile_ids: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    index = pd.Index(profile_ids)
+    index = pd.Index(events.keys_of(connection, profile_ids))  # rows below are keyed
     activity = np.zeros((len(profile_ids), len(ACTIVITY_KINDS), HOURS_PER_WEEK), np.float32)
-    rows = connection.sql(events.decoded(activity_sql(events.table, at))).df()
+    rows = connection.sql(activity_sql(events.table, at)).df()
     row = index.get_indexer(rows["profile_id"])
     keep = row >= 0
     np.add.at(
@@ -198,7 +198,7 @@ def _activity_arrays(
         rows["events"].to_numpy(np.float32)[keep],
     )
     reached = np.zeros((len(profile_ids), len(CHANNELS)), dtype=bool)
-    rows = connection.sql(events.decoded(reached_sql(events.table, at))).df()
+    rows = connection.sql(reached_sql(events.table, at)).df()
     rows = rows[rows["channel"].isin(CHANNELS)]
     row = index.get_indexer(rows["profile_id"])
     channel = np.array([CHANNELS.index(c) for c in rows["channel"]], dtype=np.int64)
@@ -321,9 +321,8 @@ def features_at(
     """Features only (no labels, nothing after ``at`` read): what scoring needs."""
     config = SequenceConfig(sequence_length, category_buckets)
     with profile_events_table(connection, source, at) as events:
-        aggregates = connection.sql(events.decoded(aggregates_sql(events.table, at))).df()
-        sequence_rows = events.decoded(sequences_sql(events.table, at, config))
-        sequences = to_sequences(connection.sql(sequence_rows).to_arrow_table(), config)
+        aggregates = events.aggregates(connection, at)
+        sequences = events.sequences(connection, at, config)
         activity, reached = _activity_arrays(connection, events, at, sequences.profile_ids)
     order = pd.Index(aggregates["profile_id"]).get_indexer(sequences.profile_ids)
     if (order < 0).any() or len(order) != len(aggregates):
