@@ -493,10 +493,9 @@ def load(connection: duckdb.DuckDBPyConnection, rules: IdentityRules) -> Identit
 
 # --- reads for the API ---------------------------------------------------------------------------
 
-EVENT_ROW_SQL = (
-    "epoch_us(timestamp), message_id, type, user_id, anonymous_id, previous_id, email, phone, "
-    "device_id"
-)
+# The identifier columns of an event, in the order graph.observe_rows reads them.
+_IDENTIFIER_COLUMNS = "user_id, anonymous_id, previous_id, email, phone, device_id"
+EVENT_ROW_SQL = f"epoch_us(timestamp), message_id, type, {_IDENTIFIER_COLUMNS}"
 
 
 def max_event_rowid(connection: duckdb.DuckDBPyConnection) -> int | None:
@@ -527,11 +526,10 @@ def first_sightings_between(
     <= upto``. A tuple seen again adds nothing the graph does not have (the batch path reads
     the same first sightings), and most events repeat one: a known visitor's next page view."""
     return connection.execute(
-        """
-        SELECT first.ts, first.mid, first.kind,
-               user_id, anonymous_id, previous_id, email, phone, device_id
+        f"""
+        SELECT first.ts, first.mid, first.kind, {_IDENTIFIER_COLUMNS}
         FROM (
-            SELECT user_id, anonymous_id, previous_id, email, phone, device_id,
+            SELECT {_IDENTIFIER_COLUMNS},
                    arg_min(struct_pack(ts := epoch_us(timestamp), mid := message_id,
                                        kind := type), (timestamp, message_id)) AS first
             FROM events WHERE timestamp > ? AND timestamp <= ?
