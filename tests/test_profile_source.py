@@ -10,7 +10,7 @@ import orjson
 import pandas as pd
 
 from features.aggregates import aggregates_sql
-from features.examples import ExampleConfig, build_examples
+from features.examples import ExampleConfig, build_examples, profile_events_table
 from features.ingest import ingest_file
 from features.profile_source import IdentityProfiles, default_profile_source
 from features.simulate import simulate
@@ -146,6 +146,9 @@ def test_integer_profile_keys_give_the_same_examples_as_profile_ids(tmp_path: Pa
         plain.profile_keys = None  # profile ids all the way through
         start = store.connection.sql("SELECT min(timestamp) FROM events").fetchall()[0][0]
         for at in (start + timedelta(days=10), start + timedelta(days=17)):
+            with profile_events_table(store.connection, keyed, at) as events:
+                key_type = f"SELECT DISTINCT typeof(profile_id) FROM {events.table}"
+                assert store.connection.sql(key_type).fetchall() == [("UBIGINT",)]
             a = examples_at(store.connection, keyed, at, DataConfig(horizon_days=7))
             b = examples_at(store.connection, plain, at, DataConfig(horizon_days=7))
             assert (
