@@ -12,6 +12,13 @@ from __future__ import annotations
 from datetime import datetime
 
 WINDOWS_DAYS = (1, 7, 30, 90)
+# Orders are also counted over longer windows: buying is seasonal and many customers order a few
+# times a year (on the Online Retail log, 180- and 365-day counts and the year-ago month below
+# lift LightGBM's test ROC-AUC from 0.8055 to 0.8105; see the README's model results).
+ORDER_WINDOWS_DAYS = (*WINDOWS_DAYS, 180, 365)
+# "The same month last year": the 30 days that followed this instant a year (365 days) earlier,
+# (at - 365 days, at - 335 days]. A window of its own, not one of the nested ones.
+YEAR_AGO_DAYS, YEAR_AGO_LENGTH_DAYS = 365, 30
 MESSAGE_CHANNELS = ("email", "sms", "push")
 SITE_CHANNELS = ("web", "app")
 
@@ -45,8 +52,10 @@ AGGREGATE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("days_since_last_order", "recency in days (NULL without orders)"),
     ("days_since_first_order", "tenure as a customer in days (NULL without orders)"),
     ("average_order_value", "revenue_total / orders_total (NULL without orders)"),
-    ("orders_{D}d", "orders in the last D days, D in 1, 7, 30, 90"),
+    ("orders_{D}d", "orders in the last D days, D in 1, 7, 30, 90, 180, 365"),
     ("revenue_{D}d", "order revenue in the last D days"),
+    ("orders_year_ago_next_30d", "orders in the 30 days after this instant a year earlier"),
+    ("revenue_year_ago_next_30d", "their revenue"),
     ("{C}_sent_{D}d", "messages sent on C (email, sms, push) in the last D days"),
     ("email_opened_{D}d", "email opens in the last D days"),
     ("{C}_clicked_{D}d", "clicks (email, sms) or taps (push) in the last D days"),
@@ -74,7 +83,9 @@ def _in(names: tuple[str, ...]) -> str:
 # The wide per-profile aggregate reads ``condensed``: one row per profile, event, channel, type
 # and the smallest window holding the events (``window_days``; NULL when older than them all).
 # Each window is a union of those buckets, so counting rows of buckets is exact, and it reads
-# a fraction of the rows the events have.
+# a fraction of the rows the events have. The year-ago month is the bucket between 335 and 365
+# days ago (``window_days = 365``), split off the 365-day window for that purpose.
+_BUCKETS_DAYS = (*ORDER_WINDOWS_DAYS[:-1], YEAR_AGO_DAYS - YEAR_AGO_LENGTH_DAYS, YEAR_AGO_DAYS)
 
 
 def _within(days: int) -> str:
@@ -121,12 +132,17 @@ def aggregates_sql(profile_events: str, at: datetime) -> str:
         f"sum(revenue) FILTER ({ordered}) / nullif(sum(n) FILTER ({ordered}), 0)"
         " AS average_order_value",
     ]
-    for days in WINDOWS_DAYS:
+    for days in ORDER_WINDOWS_DAYS:
         recent = _within(days)
         columns += [
             f"{_count(f'{ordered} AND {recent}')} AS orders_{days}d",
             f"coalesce(sum(revenue) FILTER ({ordered} AND {recent}), 0) AS revenue_{days}d",
         ]
+    year_ago = f"window_days = {YEAR_AGO_DAYS}"
+    columns += [
+        f"{_count(f'{ordered} AND {year_ago}')} AS orders_year_ago_next_30d",
+        f"coalesce(sum(revenue) FILTER ({ordered} AND {year_ago}), 0) AS revenue_year_ago_next_30d",
+    ]
     output = ["p.profile_id"]  # the final column order, which AGGREGATE_COLUMNS documents
     output += [_from_per_profile(c) for c in columns]
     send_columns = []  # counted over the sends CTE, one row per send
@@ -180,7 +196,7 @@ def aggregates_sql(profile_events: str, at: datetime) -> str:
     )
     send_names = tuple(name for channel in MESSAGE_CHANNELS for name in _SENT[channel])
     buckets = " ".join(
-        f"WHEN timestamp > {at_sql} - INTERVAL {days} DAY THEN {days}" for days in WINDOWS_DAYS
+        f"WHEN timestamp > {at_sql} - INTERVAL {days} DAY THEN {days}" for days in _BUCKETS_DAYS
     )
     return f"""
 WITH visible AS (

@@ -45,6 +45,11 @@ HISTORY = [
     ev("ben", "Order Cancelled", timedelta(days=3), revenue=-5.0),
     ev("ben", "SMS Delivered", timedelta(days=6, hours=23, minutes=59), channel="sms"),
     ev("ben", "Order Completed", -timedelta(seconds=1), revenue=99.0),  # after AT: invisible
+    # dora: orders months and a year ago; the year-ago month is (AT - 365 days, AT - 335 days]
+    ev("dora", "Order Completed", timedelta(days=100), revenue=1.0),
+    ev("dora", "Order Completed", timedelta(days=335), revenue=2.0),  # last day of the month
+    ev("dora", "Order Completed", timedelta(days=350), revenue=4.0),
+    ev("dora", "Order Completed", timedelta(days=365), revenue=8.0),  # exactly a year: outside
     # cleo: never seen before AT
     ev("cleo", "Product Viewed", -timedelta(days=1)),
 ]
@@ -67,7 +72,7 @@ def result() -> dict[str, dict]:
 
 
 def test_only_profiles_seen_by_the_cutoff(result: dict) -> None:
-    assert sorted(result) == ["ana", "ben"]
+    assert sorted(result) == ["ana", "ben", "dora"]
 
 
 @pytest.mark.parametrize(
@@ -129,6 +134,30 @@ def test_ana(result: dict, column: str, expected: object) -> None:
 )
 def test_ben(result: dict, column: str, expected: object) -> None:
     assert result["ben"][column] == expected
+
+
+@pytest.mark.parametrize(
+    ("column", "expected"),
+    [
+        ("orders_total", 4),
+        ("orders_90d", 0),
+        ("orders_180d", 1),
+        ("revenue_180d", 1.0),
+        ("orders_365d", 3),
+        ("revenue_365d", 7.0),
+        ("orders_year_ago_next_30d", 2),
+        ("revenue_year_ago_next_30d", 6.0),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_dora_long_windows(result: dict, column: str, expected: object) -> None:
+    assert result["dora"][column] == expected
+
+
+def test_long_windows_without_old_orders(result: dict) -> None:
+    assert result["ana"]["orders_365d"] == 2
+    assert result["ana"]["orders_year_ago_next_30d"] == 0
+    assert result["ben"]["revenue_year_ago_next_30d"] == 0.0
 
 
 @pytest.mark.real_data

@@ -400,7 +400,7 @@ def _cache_key(fingerprint: str, source: ProfileSource, cutoff: datetime, data: 
     return f"{cutoff:%Y%m%dT%H%M%S}-{digest}"
 
 
-_CACHE_VERSION = 2  # 2: activity has four rows (ACTIVITY_KINDS)
+_CACHE_VERSION = 3  # 2: activity has four rows (ACTIVITY_KINDS); 3: year-long order windows
 
 
 def _read_cached(folder: Path, sequence_length: int) -> ExampleSet | None:
