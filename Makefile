@@ -11,7 +11,8 @@ export BENTOML_DO_NOT_TRACK := true
 install: $(VENV)/.installed
 
 # The CPU build of torch goes in first: a bare `torch` requirement would pull a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml
+# The C source is a prerequisite too: `pip install -e` compiles it, so an edit must reinstall.
+$(VENV)/.installed: pyproject.toml features/_jsonscan.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0

@@ -12,6 +12,12 @@ where texts belong; 97% of a simulated stream) runs on every line, and the gener
 the lines it leaves. Both claim only what they compute exactly; the lean one is about a quarter
 cheaper per line because most of the general query's cases cannot occur in the common shape.
 
+The common query's first step (screening a line, extracting ~25 JSON paths as text, checking keys
+for duplicates) is done by a C scanner, features._jsonscan, when it is built: one pass per line
+without the GIL, writing Arrow columns of exactly the JSON texts json_extract would have written,
+for the lines whose raw text is already what yyjson writes (see features/_jsonscan.c). The lines
+it refuses are read from their raw JSON as before, so the rows never depend on the scanner.
+
 Division of labour inside the general query:
 - fields that differ on every line (message ids, timestamps, identifiers, property texts, revenue)
   are computed in SQL, under claim conditions that say when SQL and Python provably agree;
@@ -53,6 +59,11 @@ from features.contract import (
     _phone,
 )
 from features.store import EVENT_SCHEMA
+
+try:  # the C scanner (pyproject.toml builds it); without it the common query reads raw JSON
+    from features import _jsonscan
+except ImportError:  # pragma: no cover - a source tree that was never built
+    _jsonscan = None
 
 __all__ = ["CLAIMED_SCHEMA", "normalise_lines"]
 
@@ -579,8 +590,10 @@ _COMMON_TEXTS = {  # output column -> its JSON text (no sku / email_id / product
     "send_id": "send_id_json",
     "campaign_id": "campaign_id_json",
 }
-_COMMON_TEMPLATE = r"""
-WITH fields AS (
+# The common query reads each line's values either from the raw JSON (_COMMON_FIELDS_RAW) or,
+# for the lines features._jsonscan has scanned, from the columns it wrote (_COMMON_FIELDS_SCANNED):
+# the same JSON texts, so the rest of the query (_COMMON_TEMPLATE) is shared.
+_COMMON_FIELDS_RAW = r"""
     SELECT position, raw, object_keys, @FIELDS@
     FROM (
         -- try(): invalid JSON makes the extraction NULL (the line is not claimed), which spares
@@ -591,7 +604,19 @@ WITH fields AS (
         FROM @LINES@
         WHERE kairos_plain_line(raw) AND kairos_screened(raw)
     )
-),
+"""
+# No duplicate key in an object we read or store: in every list of keys, each key's first
+# position is its own.
+_COMMON_KEYS_UNIQUE_RAW = """list_bool_and(list_transform(object_keys, lambda keys: coalesce(
+            list_bool_and(list_transform(keys, lambda key, i: list_position(keys, key) = i)),
+            true)))"""
+# features._jsonscan writes <name>_json for every VALUE_PATHS entry and mentions_<word> for
+# every _MENTIONED word (contains(raw, '"<word>"')), and scans only lines that pass
+# kairos_plain_line and kairos_screened and have no duplicate key in any object.
+_MENTIONED = ("device", "context")
+_COMMON_FIELDS_SCANNED = "SELECT * FROM @LINES@"
+_COMMON_TEMPLATE = r"""
+WITH fields AS (@COMMON_FIELDS@),
 -- The conditions are columns, not WHERE clauses: DuckDB would push a filter down past the
 -- projections and evaluate the extraction again inside every condition.
 shaped AS (
@@ -616,10 +641,10 @@ shaped AS (
                  AND NOT contains(substr(context_traits_json, 2), '{')))
             -- context and context.device: a value inside proves an object; else no such key
             AND (device_id_json IS NOT NULL OR device_type_json IS NOT NULL
-                 OR NOT contains(raw, '"device"'))
+                 OR NOT @MENTIONS_device@)
             AND (context_traits_json IS NOT NULL OR device_id_json IS NOT NULL
                  OR device_type_json IS NOT NULL OR app_json IS NOT NULL
-                 OR NOT contains(raw, '"context"'))
+                 OR NOT @MENTIONS_context@)
             -- every text a string or absent: on a plain line its value is what the quotes hold
             AND @ALL_TEXTS_STRINGS@
             AND message_id_json IS NOT NULL AND message_id_json <> '""'
@@ -651,8 +676,7 @@ SELECT
         -- at least one identifier (a phone counts once Python has read it: see _common_rows)
         AND (other_identifier OR context_phone_json NOT IN ('null', '""'))
         -- no duplicate key in an object we read or store
-        AND list_bool_and(list_transform(object_keys, lambda keys: coalesce(list_bool_and(
-            list_transform(keys, lambda key, i: list_position(keys, key) = i)), true))),
+        AND @KEYS_UNIQUE@,
         false) AS is_claimed,
     kairos_unquoted(message_id_json) AS message_id,
     kind AS type,
@@ -677,9 +701,18 @@ FROM decided
 """
 
 
-def _common_sql() -> str:
+def _common_sql(scanned: bool = False) -> str:
+    """The common-shape query on raw JSON lines, or (``scanned``) on the scanner's columns."""
     texts = {name: source for name, source in _COMMON_TEXTS.items() if name != "message_id"}
     values = {
+        "@COMMON_FIELDS@": _COMMON_FIELDS_SCANNED if scanned else _COMMON_FIELDS_RAW,
+        "@KEYS_UNIQUE@": "true" if scanned else _COMMON_KEYS_UNIQUE_RAW,
+        **{
+            f"@MENTIONS_{word}@": f"mentions_{word}"
+            if scanned
+            else f"""contains(raw, '"{word}"')"""
+            for word in _MENTIONED
+        },
         **_extraction(_COMMON_OBJECT_PATHS),
         "@ALL_TEXTS_STRINGS@": _strings_or_absent(_COMMON_TEXTS.values()),
         "@TEXTS@": ",\n    ".join(
@@ -818,6 +851,7 @@ def _register(connection: duckdb.DuckDBPyConnection) -> None:
 MACROS_SQL = _macros_sql()
 NORMALISE_SQL = _query_sql()
 COMMON_SQL = _common_sql()
+COMMON_SCANNED_SQL = _common_sql(scanned=True)
 
 
 # --- Public entry ------------------------------------------------------------------------------
@@ -859,7 +893,7 @@ def normalise_lines(
     scanned = pa.table({"position": pa.chunked_array(row_numbers, pa.int64()), "raw": raw})
     with _lock:
         connection = _prepared_connection(connection)
-        common = _common_rows(connection, scanned, options)
+        common = _common_shape(connection, scanned, options)
         left = np.ones(lines.num_rows, dtype=bool)
         left[common.column("position").to_numpy()] = False
         general = None
@@ -903,13 +937,97 @@ def common_shape_rows(
     _check_lines(lines)
     options = options or NormaliseOptions()
     with _lock:
-        return _common_rows(
+        return _common_shape(
             _prepared_connection(connection), lines.select(["position", "raw"]), options
         )
 
 
-def _common_rows(
+# features._jsonscan's verdict on a line (see features/_jsonscan.c)
+_SKIPPED, _SCANNED, _REFUSED = 0, 1, 2
+
+
+def _common_shape(
     connection: duckdb.DuckDBPyConnection, lines: pa.Table, options: NormaliseOptions
+) -> pa.Table:
+    """The common-shape query's claimed rows (``CLAIMED_SCHEMA``, input order).
+
+    With the C scanner, the lines it scans are read from its columns (COMMON_SCANNED_SQL), the
+    lines it refuses from their raw JSON as before (COMMON_SQL), and the lines it skips are left
+    out: they fail kairos_plain_line or kairos_screened, so the common query claims none of
+    them. Either way each line gets the same JSON texts, hence the same row."""
+    if _jsonscan is None:
+        return _common_rows(connection, lines, options, COMMON_SQL)
+    categories, fields = scan_lines(lines)
+    refused = categories == _REFUSED
+    parts = [
+        _common_rows(connection, part, options, sql)
+        for part, sql in [
+            (fields, COMMON_SCANNED_SQL),
+            (lines.filter(pa.array(refused)) if refused.any() else None, COMMON_SQL),
+        ]
+        if part is not None and part.num_rows  # (planning a query costs ~0.06 s)
+    ]
+    if not parts:
+        return CLAIMED_SCHEMA.empty_table()
+    rows = pa.concat_tables(parts)
+    positions = rows.column("position").to_numpy()
+    if len(positions) > 1 and not (positions[1:] > positions[:-1]).all():
+        rows = rows.take(np.argsort(positions, kind="stable"))
+    return rows
+
+
+def scan_lines(lines: pa.Table) -> tuple[np.ndarray, pa.Table]:
+    """features._jsonscan over ``lines`` (``position``, ``raw``): each line's verdict (uint8:
+    0 skipped, 1 scanned, 2 refused) and, for the scanned lines in input order, a table of
+    ``position``, ``<name>_json`` for every VALUE_PATHS entry (the JSON text json_extract
+    writes; null when absent) and ``mentions_<word>`` for every _MENTIONED word. One record
+    batch per chunk of ``raw``, so that DuckDB's threads share the scan."""
+    names = [f"{name}_json" for name in VALUE_PATHS]
+    schema = pa.schema(
+        [
+            pa.field("position", pa.int64()),
+            *(pa.field(name, pa.string()) for name in names),
+            *(pa.field(f"mentions_{word}", pa.bool_()) for word in _MENTIONED),
+        ]
+    )
+    paths = list(VALUE_PATHS.values())
+    needles = [f'"{word}"' for word in _MENTIONED]
+    verdicts, batches, start = [], [], 0
+    positions = lines.column("position")
+    for chunk in lines.column("raw").chunks:
+        count = len(chunk)
+        wide = pa.types.is_large_string(chunk.type)
+        if chunk.null_count or not (wide or pa.types.is_string(chunk.type)):
+            verdicts.append(np.full(count, _REFUSED, dtype=np.uint8))  # the SQL path decides
+            start += count
+            continue
+        offsets = np.frombuffer(chunk.buffers()[1], np.int64 if wide else np.int32)
+        offsets = offsets[chunk.offset : chunk.offset + count + 1]
+        data = chunk.buffers()[2] or b""
+        categories, scanned, columns, mentions = _jsonscan.scan(offsets, data, paths, wide, needles)
+        categories = np.frombuffer(categories, np.uint8)
+        verdicts.append(categories)
+        rows = np.flatnonzero(categories == _SCANNED) + start
+        arrays = [positions.take(pa.array(rows)).combine_chunks()]
+        arrays += [
+            pa.StringArray.from_buffers(
+                scanned,
+                pa.py_buffer(value_offsets),
+                pa.py_buffer(values),
+                pa.py_buffer(valid),
+                nulls,
+            )
+            for value_offsets, values, valid, nulls in columns
+        ]
+        arrays += [pa.array(np.frombuffer(flags, np.bool_)) for flags in mentions]
+        batches.append(pa.RecordBatch.from_arrays(arrays, schema=schema))
+        start += count
+    verdict = np.concatenate(verdicts) if verdicts else np.zeros(0, np.uint8)
+    return verdict, pa.Table.from_batches(batches, schema=schema)
+
+
+def _common_rows(
+    connection: duckdb.DuckDBPyConnection, lines: pa.Table, options: NormaliseOptions, sql: str
 ) -> pa.Table:
     """The common-shape query's claimed rows (``CLAIMED_SCHEMA``), phones read in Python.
 
@@ -917,7 +1035,7 @@ def _common_rows(
     once per vector of 2,048 lines (measured ~1.5 µs a line though few lines carry a phone),
     here once per distinct phone of the batch. A line whose only identifier is a phone that
     does not read as one is rejected by the reference, so it is not claimed."""
-    rows = _claimed_in_order(_run(connection, COMMON_SQL, lines, None))
+    rows = _claimed_in_order(_run(connection, sql, lines, None))
     texts = rows.column("phone")
     if texts.null_count < len(texts):
         encoded = texts.combine_chunks().dictionary_encode()
