@@ -455,3 +455,11 @@ def test_vectorised_blocks_store_what_the_reference_path_stores(
         row["properties"] = json.loads(row["properties"]) if row["properties"] else None
         row["traits"] = json.loads(row["traits"]) if row["traits"] else None
     assert actual == expected
+
+
+def test_the_c_scanner_is_built() -> None:
+    """`make install` compiles features/_jsonscan.c. Without it ingest quietly takes the slower
+    SQL path and tests/test_jsonscan.py is skipped, so an installed tree must have it."""
+    from features import vectorised
+
+    assert vectorised._jsonscan is not None, "features._jsonscan is not built: run `make install`"
