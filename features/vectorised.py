@@ -36,6 +36,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
@@ -992,21 +993,18 @@ def scan_lines(lines: pa.Table) -> tuple[np.ndarray, pa.Table]:
     )
     paths = list(VALUE_PATHS.values())
     needles = [f'"{word}"' for word in _MENTIONED]
-    verdicts, batches, start = [], [], 0
     positions = lines.column("position")
-    for chunk in lines.column("raw").chunks:
+
+    def scan_chunk(chunk: pa.Array, start: int) -> tuple[np.ndarray, pa.RecordBatch | None]:
         count = len(chunk)
         wide = pa.types.is_large_string(chunk.type)
         if chunk.null_count or not (wide or pa.types.is_string(chunk.type)):
-            verdicts.append(np.full(count, _REFUSED, dtype=np.uint8))  # the SQL path decides
-            start += count
-            continue
+            return np.full(count, _REFUSED, dtype=np.uint8), None  # the SQL path decides
         offsets = np.frombuffer(chunk.buffers()[1], np.int64 if wide else np.int32)
         offsets = offsets[chunk.offset : chunk.offset + count + 1]
         data = chunk.buffers()[2] or b""
         categories, scanned, columns, mentions = _jsonscan.scan(offsets, data, paths, wide, needles)
         categories = np.frombuffer(categories, np.uint8)
-        verdicts.append(categories)
         rows = np.flatnonzero(categories == _SCANNED) + start
         arrays = [positions.take(pa.array(rows)).combine_chunks()]
         arrays += [
@@ -1020,10 +1018,22 @@ def scan_lines(lines: pa.Table) -> tuple[np.ndarray, pa.Table]:
             for value_offsets, values, valid, nulls in columns
         ]
         arrays += [pa.array(np.frombuffer(flags, np.bool_)) for flags in mentions]
-        batches.append(pa.RecordBatch.from_arrays(arrays, schema=schema))
-        start += count
+        return categories, pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+    # The scan releases the GIL, so the chunks are shared by two threads: while it runs, DuckDB
+    # is idle and the second core would otherwise wait.
+    chunks = lines.column("raw").chunks
+    starts = np.cumsum([0] + [len(chunk) for chunk in chunks[:-1]]).tolist()
+    results = list(_scan_pool().map(scan_chunk, chunks, starts))
+    verdicts = [categories for categories, _ in results]
+    batches = [batch for _, batch in results if batch is not None]
     verdict = np.concatenate(verdicts) if verdicts else np.zeros(0, np.uint8)
     return verdict, pa.Table.from_batches(batches, schema=schema)
+
+
+@lru_cache(maxsize=1)
+def _scan_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="kairos-jsonscan")
 
 
 def _common_rows(
