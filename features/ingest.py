@@ -54,18 +54,21 @@ _SUFFIX_FORMATS = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-# Two DuckDB row groups (122,880 rows each): fewer, larger appends cost less per event
-# (measured 6.8 -> 4.8 µs CPU per event against 100,000: fewer probes of the stored ids, fewer
-# commits), and whole row groups are written once rather than through the WAL first.
-DEFAULT_BATCH_SIZE = 2 * 122_880
+# One DuckDB row group (122,880 rows): whole row groups are written once rather than through the
+# WAL first (100,000-record appends cost 6.8 µs CPU per event against 4.8 for two row groups).
+# With the C scanner, one row group did no worse than two: 8 interleaved quiet pairs of the
+# 481k-event bench world gave 7.8 vs 8.8 s of CPU (medians) and wall times within the spread;
+# five benchmark runs each, 95,400 vs 93,200 events/s (medians). The first append starts a
+# block earlier, so less of the run is spent waiting.
+DEFAULT_BATCH_SIZE = 122_880
 _DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
 _PARALLEL_BYTES = 32 << 20
 # Lines per DuckDB query on the vectorised path: planning one costs ~0.1 s, so blocks are big.
 _VECTORISED_CHUNK_BYTES = 32 << 20
 _VECTORISED_SCAN_ROWS = 8192
-# Blocks normalised ahead of the one being appended: an append of DEFAULT_BATCH_SIZE records
-# spans 2-3 blocks of 32 MB, and with fewer the helper thread idles during it (measured: 1.1 of
-# 2 cores busy with one block ahead, against 1.9 with 100,000-record appends).
+# Blocks normalised ahead of the one being appended: the helper thread keeps working while the
+# caller appends (measured with two-row-group appends spanning 2-3 blocks of 32 MB: 1.1 of 2
+# cores busy with one block ahead, against 1.9 with three).
 _VECTORISED_BLOCKS_AHEAD = 3
 # The lines of a block the common-shape query leaves go through the general query only when
 # there are this many: planning it costs ~0.11 s of CPU, so a few thousand odd lines cost less

@@ -136,3 +136,24 @@ def test_demo_runs_every_stage_end_to_end(tmp_path: Path) -> None:
     members = pd.read_parquet(ws / "demo" / "segments.parquet")
     assert set(members["profile_id"]) <= set(scores["profile_id"])
     assert "high_intent" in set(members["segment"])  # from the model's scores
+
+
+def test_ingest_appends_in_the_library_default_batches(
+    tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --batch-size, `kairos ingest` appends in the batches the ingest benchmark
+    measures (IngestOptions' default); with it, in the batches asked for."""
+    import features.ingest
+
+    used = []
+    real = features.ingest.ingest_file
+
+    def recording(store, path, options, *args, **kwargs):
+        used.append(options.batch_size)
+        return real(store, path, options, *args, **kwargs)
+
+    monkeypatch.setattr(features.ingest, "ingest_file", recording)
+    path = write_events(tmp_path / "e.jsonl", 5)
+    assert runner.invoke(app, ["ingest", str(path), "--json"]).exit_code == 0
+    assert runner.invoke(app, ["ingest", str(path), "--json", "--batch-size", "2"]).exit_code == 0
+    assert used == [features.ingest.IngestOptions().batch_size, 2]
