@@ -54,12 +54,14 @@ _SUFFIX_FORMATS = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-# One DuckDB row group (122,880 rows): whole row groups are written once rather than through the
-# WAL first (100,000-record appends cost 6.8 µs CPU per event against 4.8 for two row groups).
-# With the C scanner, one row group did no worse than two: 8 interleaved quiet pairs of the
-# 481k-event bench world gave 7.8 vs 8.8 s of CPU (medians) and wall times within the spread;
-# five benchmark runs each, 95,400 vs 93,200 events/s (medians). The first append starts a
-# block earlier, so less of the run is spent waiting.
+# Records per append, at least: a block's normalised pieces are merged until they reach it, so
+# with 32 MB blocks of simulated lines (~98k records each) an append holds two blocks (~193k).
+# Appends of a DuckDB row group (122,880 rows) or more are written once rather than through the
+# WAL first (100,000-record appends cost 6.8 µs CPU per event against 4.8 for 245,760). With the
+# C scanner, 122,880 (two-block appends) did no worse than 245,760 (three blocks, then two): 8
+# interleaved quiet pairs of the 481k-event bench world gave 7.8 vs 8.8 s of CPU (medians) and
+# wall times within the spread; five benchmark runs each, 95,400 vs 93,200 events/s (medians).
+# The first append starts a block earlier, so less of the run is spent waiting.
 DEFAULT_BATCH_SIZE = 122_880
 _DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
 _PARALLEL_BYTES = 32 << 20

@@ -127,8 +127,9 @@ def ingest(
         int | None,
         typer.Option(
             min=1,
-            help="Records per atomic append to the store (default: one DuckDB row group, "
-            "122,880 records, as the ingest benchmark measures).",
+            help="Records per atomic append to the store, at least (whole blocks are merged "
+            "until they reach it; default: 122,880, one DuckDB row group, as the ingest "
+            "benchmark measures).",
         ),
     ] = None,
     workers: Annotated[
