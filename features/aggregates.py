@@ -85,7 +85,7 @@ def _in(names: tuple[str, ...]) -> str:
 # Each window is a union of those buckets, so counting rows of buckets is exact, and it reads
 # a fraction of the rows the events have. The year-ago month is the bucket between 335 and 365
 # days ago (``window_days = 365``), split off the 365-day window for that purpose.
-_BUCKETS_DAYS = (*ORDER_WINDOWS_DAYS[:-1], YEAR_AGO_DAYS - YEAR_AGO_LENGTH_DAYS, YEAR_AGO_DAYS)
+_BUCKETS_DAYS = tuple(sorted({*ORDER_WINDOWS_DAYS, YEAR_AGO_DAYS - YEAR_AGO_LENGTH_DAYS}))
 
 
 def _within(days: int) -> str:

@@ -970,11 +970,7 @@ def _common_shape(
     ]
     if not parts:
         return CLAIMED_SCHEMA.empty_table()
-    rows = pa.concat_tables(parts)
-    positions = rows.column("position").to_numpy()
-    if len(positions) > 1 and not (positions[1:] > positions[:-1]).all():
-        rows = rows.take(np.argsort(positions, kind="stable"))
-    return rows
+    return _by_position(pa.concat_tables(parts))
 
 
 def scan_lines(lines: pa.Table) -> tuple[np.ndarray, pa.Table]:
@@ -1116,11 +1112,17 @@ def _with_positions(table: pa.Table, original: pa.ChunkedArray) -> pa.Table:
     return them out of order, and because two queries claim the lines."""
     if table.num_rows == 0:
         return table
-    rows = table.column("position").to_numpy()
-    if len(rows) > 1 and not (rows[1:] > rows[:-1]).all():
-        order = np.argsort(rows, kind="stable")
-        table, rows = table.take(order), rows[order]
-    return table.set_column(0, "position", original.take(pa.array(rows)))
+    table = _by_position(table)
+    rows = pa.array(table.column("position").to_numpy())
+    return table.set_column(0, "position", original.take(rows))
+
+
+def _by_position(table: pa.Table) -> pa.Table:
+    """``table`` sorted by its ``position`` column (a copy only when it is out of order)."""
+    positions = table.column("position").to_numpy()
+    if len(positions) > 1 and not (positions[1:] > positions[:-1]).all():
+        return table.take(np.argsort(positions, kind="stable"))
+    return table
 
 
 def _check_lines(lines: Any) -> None:
