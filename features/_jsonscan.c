@@ -17,6 +17,9 @@
  * object, strings without control characters (the plain test already excludes backslashes and
  * non-ASCII bytes), no duplicate key in any object, nesting under MAX_DEPTH, and numbers in the
  * forms yyjson writes back unchanged (see number()). Everything else is REFUSED.
+ *
+ * Given the contract's names and channels, it also decides the common query for a scanned line
+ * and builds its row (common_row): CLAIMED or LEFT, or SCANNED when the query must decide.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* memmem, newlocale, uselocale */
@@ -34,6 +37,8 @@
 #define SKIPPED 0
 #define SCANNED 1
 #define REFUSED 2
+#define CLAIMED 3 /* scanned, and its common-shape row is built here (see common_row) */
+#define LEFT 4    /* scanned, and the common-shape query would not claim it */
 
 #define MAX_DEPTH 32
 #define MAX_KEYS 64 /* keys of one object; more is refused (a quadratic duplicate check) */
@@ -397,18 +402,370 @@ static int scan_line(Scan *scan, int paths, const unsigned char *line, Py_ssize_
     return plain_and_screened(line, length) ? REFUSED : SKIPPED;
 }
 
+/* --- The common shape's rows ----------------------------------------------------------------- */
+/* features/vectorised.py's common-shape query (_COMMON_TEMPLATE), for a scanned line, computed
+ * from the same JSON texts: the row when the query claims the line (CLAIMED), LEFT when one of
+ * its claim conditions is false, SCANNED (the query decides) for what this code does not
+ * compute: timestamps in any other form than the query's fast path, or dates it would check.
+ * The names, channels and device types are the contract's, passed in by features.vectorised
+ * (the same lists the SQL macros are written from); tests/test_jsonscan.py holds the rows and
+ * verdicts to the query's. A LEFT line goes on to the general query or the reference, so a
+ * wrong LEFT would only cost time; a CLAIMED row must be the query's exactly. */
+
+/* The values read, in this order (features.vectorised._ROW_FIELDS names each). */
+enum {
+    F_TYPE, F_MESSAGE_ID, F_TIMESTAMP, F_USER_ID, F_ANONYMOUS_ID, F_EVENT, F_BATCH,
+    F_PROPERTIES, F_CONTEXT_TRAITS, F_CONTEXT_EMAIL, F_CONTEXT_PHONE, F_DEVICE_ID,
+    F_DEVICE_TYPE, F_APP, F_ORDER_ID, F_PRODUCT_ID, F_CATEGORY, F_CURRENCY, F_SEND_ID,
+    F_CAMPAIGN_ID, F_CHANNEL, F_REVENUE, F_PRICE, F_QUANTITY, FIELD_COUNT
+};
+/* The string columns of a row, in this order (features.vectorised._ROW_STRINGS). */
+enum {
+    R_MESSAGE_ID, R_TYPE, R_EVENT, R_CHANNEL, R_USER_ID, R_ANONYMOUS_ID, R_EMAIL, R_PHONE,
+    R_DEVICE_ID, R_ORDER_ID, R_PRODUCT_ID, R_CATEGORY, R_CURRENCY, R_SEND_ID, R_CAMPAIGN_ID,
+    R_PROPERTIES, R_TRAITS, ROW_STRINGS
+};
+/* The common shape's text fields: each must be a string or absent (_COMMON_TEXTS). */
+static const int text_fields[] = {F_MESSAGE_ID, F_USER_ID,  F_ANONYMOUS_ID, F_DEVICE_ID,
+                                  F_ORDER_ID,   F_PRODUCT_ID, F_CATEGORY,   F_CURRENCY,
+                                  F_SEND_ID,    F_CAMPAIGN_ID};
+#define MAX_NAMES 256
+
+typedef struct {
+    const char *text;
+    Py_ssize_t length;
+} Text;
+
+typedef struct {
+    int field[FIELD_COUNT];           /* index of each value among the paths */
+    Text canonical[MAX_NAMES];        /* CANONICAL_EVENTS */
+    Text implied[MAX_NAMES];          /* the channel each implies (text NULL: none) */
+    unsigned char specific[MAX_NAMES]; /* in CHANNEL_SPECIFIC */
+    int canonical_count;
+    Text kinds[8], kind_names[8]; /* the fixed event name of a message type (page, screen) */
+    int kind_count;
+    Text channels[MAX_NAMES]; /* CHANNELS */
+    int channel_count;
+    Text app_device_types[MAX_NAMES]; /* lower case */
+    int app_device_type_count;
+    Text rare[MAX_NAMES]; /* '"key":' of RARE_PROPERTIES */
+    int rare_count;
+    int mention_device, mention_context; /* needle indices of "device" and "context" */
+} Contract;
+
+typedef struct {
+    const unsigned char *text; /* NULL: SQL NULL */
+    int32_t length;
+} Piece;
+
+typedef struct {
+    Piece strings[ROW_STRINGS];
+    int64_t timestamp; /* microseconds since 1970 */
+    double revenue;
+    unsigned char has_revenue, other_identifier;
+} Row;
+
+static int same(const unsigned char *text, Py_ssize_t length, const char *word, Py_ssize_t n) {
+    return length == n && memcmp(text, word, (size_t)n) == 0;
+}
+
+#define SAME(piece, word) same((piece).text, (piece).length, word, (Py_ssize_t)sizeof(word) - 1)
+
+/* A JSON string's content; on a scanned plain line that is its value. */
+static Piece unquoted(Piece json) { return (Piece){json.text + 1, json.length - 2}; }
+
+static int is_string(Piece json) { return json.text != NULL && json.text[0] == '"'; }
+
+/* kairos_is_json_number: on a valid JSON value, a number starts with '-' or a digit. */
+static int is_number(Piece json) {
+    return json.text != NULL && (json.text[0] == '-' || is_digit(json.text[0]));
+}
+
+/* regexp_full_match(j, '"[!#-?A-\[\]-~]+@[!#-?A-\[\]-~]+\.[!#-\-/-?A-\[\]-~]+"'): one '@',
+ * something before it, and after it something, a '.' and something without a '.'. */
+static int email_class(unsigned char c) {
+    return c == '!' || (c >= '#' && c <= '?') || (c >= 'A' && c <= '[') || (c >= ']' && c <= '~');
+}
+
+static int plain_email(Piece json) {
+    if (!is_string(json)) return 0;
+    Piece value = unquoted(json);
+    int32_t at = -1, dot = -1;
+    for (int32_t i = 0; i < value.length; i++) {
+        unsigned char c = value.text[i];
+        if (c == '@') {
+            if (at >= 0) return 0;
+            at = i;
+        } else if (!email_class(c)) {
+            return 0;
+        } else if (c == '.') {
+            dot = i;
+        }
+    }
+    return at >= 1 && dot >= at + 2 && dot <= value.length - 2;
+}
+
+/* kairos_truthy(app) of a present value */
+static int truthy(Piece json) {
+    if (SAME(json, "null") || SAME(json, "false") || SAME(json, "{}") || SAME(json, "[]") ||
+        SAME(json, "\"\""))
+        return 0;
+    unsigned char c = json.text[0];
+    if (SAME(json, "true") || c == '"' || c == '{' || c == '[') return 1;
+    char text[64]; /* a number token: at most 18 digits, or a decimal accepted by number() */
+    if (json.length >= (int32_t)sizeof text) return -1;
+    memcpy(text, json.text, (size_t)json.length);
+    text[json.length] = '\0';
+    return strtod(text, NULL) != 0;
+}
+
+static double number_value(Piece json) {
+    char text[96];
+    if (json.length >= (int32_t)sizeof text) return NAN; /* number() takes at most 56 bytes */
+    memcpy(text, json.text, (size_t)json.length);
+    text[json.length] = '\0';
+    return strtod(text, NULL);
+}
+
+static int64_t days_from_civil(int64_t year, int month, int day) {
+    year -= month <= 2;
+    int64_t era = (year >= 0 ? year : year - 399) / 400;
+    int64_t year_of_era = year - era * 400;
+    int64_t day_of_year = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1;
+    int64_t day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    return era * 146097 + day_of_era - 719468;
+}
+
+static int digits_at(const unsigned char *p, int n, int *value) {
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (!is_digit(p[i])) return 0;
+        v = v * 10 + (p[i] - '0');
+    }
+    *value = v;
+    return 1;
+}
+
+/* The query's timestamp: its fast path '"YYYY-MM-DDTHH:MM:SS(.f{1,6})?Z"' cast to TIMESTAMP, and
+ * kairos_utc_timestamp's '"YYYY-MM-DDTHH:MM:SS(.f{1,9})?(Z|+HH:MM|-HH:MM)"' cast to
+ * TIMESTAMPTZ (the local time less the offset), for hours to 23 and minutes and seconds to 59
+ * (both patterns' limits). Only up to 6 fractional digits, dates that are valid (the casts
+ * refuse 02-30) and instants from 1970 to 2099 (the claim's range) are computed here; for
+ * anything else: 0, and the query decides. */
+static int fast_timestamp(Piece json, int64_t *micros) {
+    const unsigned char *j = json.text;
+    int32_t n = json.length;
+    if (j == NULL || n < 22 || j[0] != '"' || j[n - 1] != '"') return 0;
+    int year, month, day, hour, minute, second, fraction = 0, offset = 0;
+    if (!digits_at(j + 1, 4, &year) || j[5] != '-' || !digits_at(j + 6, 2, &month) ||
+        j[8] != '-' || !digits_at(j + 9, 2, &day) || j[11] != 'T' ||
+        !digits_at(j + 12, 2, &hour) || j[14] != ':' || !digits_at(j + 15, 2, &minute) ||
+        j[17] != ':' || !digits_at(j + 18, 2, &second))
+        return 0;
+    if (hour > 23 || minute > 59 || second > 59) return 0;
+    int32_t at = 20; /* after the seconds */
+    if (j[at] == '.') {
+        int count = 0;
+        while (at + 1 + count < n && is_digit(j[at + 1 + count])) count++;
+        if (count < 1 || count > 6 || !digits_at(j + at + 1, count, &fraction)) return 0;
+        for (int k = count; k < 6; k++) fraction *= 10;
+        at += 1 + count;
+    }
+    if (at == n - 2 && j[at] == 'Z') {
+        offset = 0;
+    } else if (at == n - 7 && (j[at] == '+' || j[at] == '-') && j[at + 3] == ':') {
+        int offset_hours, offset_minutes;
+        if (!digits_at(j + at + 1, 2, &offset_hours) || !digits_at(j + at + 4, 2, &offset_minutes))
+            return 0;
+        if (offset_hours > 23 || offset_minutes > 59) return 0;
+        offset = (offset_hours * 60 + offset_minutes) * 60 * (j[at] == '-' ? -1 : 1);
+    } else {
+        return 0;
+    }
+    if (year < 1970 || year > 2099 || month < 1 || month > 12 || day < 1) return 0;
+    static const int month_days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    if (day > month_days[month - 1] + (month == 2 && leap)) return 0;
+    int64_t seconds =
+        days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second - offset;
+    /* 2100-01-01T00:00:00Z */
+    if (seconds < 0 || seconds >= days_from_civil(2100, 1, 1) * 86400) return 0;
+    *micros = seconds * 1000000 + fraction;
+    return 1;
+}
+
+static int in_texts(Piece value, const Text *texts, int count) {
+    for (int i = 0; i < count; i++)
+        if (same(value.text, value.length, texts[i].text, texts[i].length)) return i;
+    return -1;
+}
+
+static Piece text_piece(Text text) {
+    return (Piece){(const unsigned char *)text.text, (int32_t)text.length};
+}
+
+/* The common query's verdict on a scanned line, and its row when it claims it. */
+static int common_row(const Contract *contract, const unsigned char *line, const int32_t *starts,
+                      const int32_t *lengths, const unsigned char *found, Row *row) {
+    Piece v[FIELD_COUNT];
+    for (int f = 0; f < FIELD_COUNT; f++) {
+        int path = contract->field[f];
+        v[f] = starts[path] >= 0 ? (Piece){line + starts[path], lengths[path]} : (Piece){NULL, 0};
+    }
+    /* shape_ok */
+    Piece type = v[F_TYPE];
+    if (!(SAME(type, "\"track\"") || SAME(type, "\"page\"") || SAME(type, "\"screen\"")))
+        return LEFT;
+    if (v[F_BATCH].text != NULL) return LEFT;
+    Piece properties = v[F_PROPERTIES], traits = v[F_CONTEXT_TRAITS];
+    if (properties.text != NULL) {
+        if (properties.text[0] != '{' ||
+            memchr(properties.text + 1, '{', (size_t)properties.length - 1) != NULL)
+            return LEFT;
+        for (int k = 0; k < contract->rare_count; k++)
+            if (memmem(properties.text, (size_t)properties.length, contract->rare[k].text,
+                       (size_t)contract->rare[k].length) != NULL)
+                return LEFT;
+    }
+    if (traits.text != NULL &&
+        (traits.text[0] != '{' || memchr(traits.text + 1, '{', (size_t)traits.length - 1) != NULL))
+        return LEFT;
+    int in_device = v[F_DEVICE_ID].text != NULL || v[F_DEVICE_TYPE].text != NULL;
+    if (!in_device && found[contract->mention_device]) return LEFT;
+    if (!in_device && traits.text == NULL && v[F_APP].text == NULL &&
+        found[contract->mention_context])
+        return LEFT;
+    for (size_t i = 0; i < sizeof text_fields / sizeof *text_fields; i++) {
+        Piece text = v[text_fields[i]];
+        if (text.text != NULL && text.text[0] != '"') return LEFT;
+    }
+    if (v[F_MESSAGE_ID].text == NULL || SAME(v[F_MESSAGE_ID], "\"\"")) return LEFT;
+    Piece email = v[F_CONTEXT_EMAIL];
+    int has_email = email.text != NULL && !SAME(email, "null") && !SAME(email, "\"\"");
+    if (has_email && !plain_email(email)) return LEFT;
+    Piece revenue = v[F_REVENUE], price = v[F_PRICE], quantity = v[F_QUANTITY];
+    if (revenue.text != NULL && !is_number(revenue)) return LEFT;
+    if (revenue.text == NULL && price.text != NULL &&
+        !(is_number(price) && (quantity.text == NULL || is_number(quantity))))
+        return LEFT;
+
+    /* kairos_event_name */
+    Piece kind = unquoted(type), event = {NULL, 0};
+    int canonical = -1;
+    if (SAME(kind, "track")) {
+        if (is_string(v[F_EVENT])) {
+            event = unquoted(v[F_EVENT]);
+            canonical = in_texts(event, contract->canonical, contract->canonical_count);
+        }
+        if (canonical < 0) return LEFT;
+    } else {
+        int k = in_texts(kind, contract->kinds, contract->kind_count);
+        if (k < 0) return LEFT;
+        event = text_piece(contract->kind_names[k]);
+        canonical = in_texts(event, contract->canonical, contract->canonical_count);
+    }
+    /* kairos_channel */
+    Piece implied = canonical >= 0 && contract->implied[canonical].text != NULL
+                        ? text_piece(contract->implied[canonical])
+                        : (Piece){NULL, 0};
+    Piece stated = v[F_CHANNEL], device_type = v[F_DEVICE_TYPE], channel = {NULL, 0};
+    static const Text app = {"app", 3}, web = {"web", 3};
+    if (canonical >= 0 && contract->specific[canonical]) {
+        channel = implied;
+    } else if (stated.text != NULL && !SAME(stated, "null")) {
+        int c = is_string(stated)
+                    ? in_texts(unquoted(stated), contract->channels, contract->channel_count)
+                    : -1;
+        if (c >= 0) channel = text_piece(contract->channels[c]);
+    } else if (implied.text != NULL) {
+        channel = implied;
+    } else {
+        int app_truthy = v[F_APP].text != NULL ? truthy(v[F_APP]) : 0;
+        if (app_truthy < 0) return SCANNED;
+        if (SAME(kind, "screen") || app_truthy) {
+            channel = text_piece(app);
+        } else if (!is_string(device_type)) {
+            channel = text_piece(web);
+        } else {
+            Piece value = unquoted(device_type);
+            unsigned char lowered[64];
+            int printable = value.length < (int32_t)sizeof lowered;
+            for (int32_t i = 0; printable && i < value.length; i++) {
+                unsigned char c = value.text[i];
+                printable = c >= ' ' && c <= '~' && c != '"' && c != '\\';
+                lowered[i] = (unsigned char)lower(c);
+            }
+            if (printable) {
+                Piece lowered_piece = {lowered, value.length};
+                int is_app = in_texts(lowered_piece, contract->app_device_types,
+                                      contract->app_device_type_count) >= 0;
+                channel = text_piece(is_app ? app : web);
+            } else if (value.length >= (int32_t)sizeof lowered) {
+                return SCANNED; /* not checked here */
+            }
+        }
+    }
+    if (channel.text == NULL) return LEFT;
+
+    /* an identifier: other_identifier, or a phone that Python reads */
+    int other = (v[F_USER_ID].text != NULL && !SAME(v[F_USER_ID], "\"\"")) ||
+                (v[F_ANONYMOUS_ID].text != NULL && !SAME(v[F_ANONYMOUS_ID], "\"\"")) ||
+                (v[F_DEVICE_ID].text != NULL && !SAME(v[F_DEVICE_ID], "\"\"")) || has_email;
+    Piece phone = v[F_CONTEXT_PHONE];
+    if (!other && (phone.text == NULL || SAME(phone, "null") || SAME(phone, "\"\""))) return LEFT;
+
+    if (!fast_timestamp(v[F_TIMESTAMP], &row->timestamp)) return SCANNED;
+
+    /* the row */
+    static const int row_texts[][2] = {
+        {R_USER_ID, F_USER_ID},   {R_ANONYMOUS_ID, F_ANONYMOUS_ID}, {R_DEVICE_ID, F_DEVICE_ID},
+        {R_ORDER_ID, F_ORDER_ID}, {R_PRODUCT_ID, F_PRODUCT_ID},     {R_CATEGORY, F_CATEGORY},
+        {R_CURRENCY, F_CURRENCY}, {R_SEND_ID, F_SEND_ID},           {R_CAMPAIGN_ID, F_CAMPAIGN_ID},
+    };
+    Piece *out = row->strings;
+    for (size_t i = 0; i < sizeof row_texts / sizeof *row_texts; i++) {
+        Piece text = v[row_texts[i][1]];
+        out[row_texts[i][0]] =
+            text.text != NULL && !SAME(text, "\"\"") ? unquoted(text) : (Piece){NULL, 0};
+    }
+    out[R_MESSAGE_ID] = unquoted(v[F_MESSAGE_ID]);
+    out[R_TYPE] = kind;
+    out[R_EVENT] = event;
+    out[R_CHANNEL] = channel;
+    out[R_EMAIL] = has_email ? unquoted(email) : (Piece){NULL, 0}; /* lower-cased when copied */
+    out[R_PHONE] = phone; /* the JSON text, read in Python */
+    out[R_PROPERTIES] = properties.text != NULL && !SAME(properties, "{}") ? properties
+                                                                            : (Piece){NULL, 0};
+    out[R_TRAITS] = traits.text != NULL && !SAME(traits, "{}") ? traits : (Piece){NULL, 0};
+    row->other_identifier = (unsigned char)other;
+    row->has_revenue = 1;
+    if (revenue.text != NULL)
+        row->revenue = number_value(revenue);
+    else if (price.text != NULL)
+        row->revenue = number_value(price) * (quantity.text != NULL ? number_value(quantity) : 1.0);
+    else
+        row->has_revenue = 0;
+    return CLAIMED;
+}
+
 /* --- The Python entry ------------------------------------------------------------------------ */
 
 static const char scan_doc[] =
-    "scan(offsets, data, paths, wide, needles) -> (categories, scanned, columns, mentions)\n\n"
+    "scan(offsets, data, paths, wide, needles, contract=None)\n"
+    "-> (categories, scanned, columns, mentions, rows)\n\n"
     "offsets: the Arrow offsets of the lines (int32, or int64 when wide), one more than the\n"
     "lines; data: the string data they index; paths: JSON paths ('$.a.b'); needles: strings\n"
-    "of the form '\"word\"'.\n"
+    "of the form '\"word\"'; contract: features.vectorised._scan_contract(), or None to build\n"
+    "no rows.\n"
     "categories: bytes, one per line: 0 skipped (kairos_plain_line AND kairos_screened is\n"
-    "false), 1 scanned, 2 refused. scanned: the number of scanned lines. columns: per path,\n"
-    "(offsets, data, validity, null_count) of an Arrow string array over the scanned lines\n"
-    "(int32 offsets, validity bits LSB first). mentions: per needle, bytes with 1 where the\n"
-    "scanned line contains it.";
+    "false), 1 scanned, 2 refused; with a contract also 3 claimed (scanned, its common-shape\n"
+    "row is in rows) and 4 left (scanned, the common-shape query would not claim it).\n"
+    "scanned: the number of lines of category 1. columns: per path, (offsets, data,\n"
+    "validity, null_count) of an Arrow string array over those lines (int32 offsets,\n"
+    "validity bits LSB first). mentions: per needle, bytes with 1 where such a line contains\n"
+    "it. rows (None without a contract): (count, string columns as above in _ROW_STRINGS\n"
+    "order, timestamps (int64 microseconds), revenue (float64), revenue validity, revenue\n"
+    "null_count, other_identifier (bytes of 0/1)) over the claimed lines.";
 
 typedef struct {
     Py_ssize_t lines, paths, needles;
@@ -423,6 +780,10 @@ typedef struct {
     unsigned char *found;      /* lines x needles */
     Py_ssize_t *totals;        /* per path: bytes of the scanned values */
     Py_ssize_t scanned;
+    const Contract *contract; /* NULL: no rows are built (no CLAIMED or LEFT verdicts) */
+    Row *rows;                /* the CLAIMED lines' rows, in their order */
+    Py_ssize_t row_totals[ROW_STRINGS];
+    Py_ssize_t claimed;
 } Job;
 
 static Py_ssize_t line_start(const Job *job, Py_ssize_t i) {
@@ -444,6 +805,16 @@ static void scan_all(Job *job) {
         scan.lengths = job->lengths + row * job->paths;
         scan.found = job->found + row * job->needles;
         int category = scan_line(&scan, (int)job->paths, job->data + a, b - a);
+        if (category == SCANNED && job->contract != NULL) {
+            Row *out = &job->rows[job->claimed];
+            category = common_row(job->contract, job->data + a, scan.starts, scan.lengths,
+                                  scan.found, out);
+            if (category == CLAIMED) {
+                for (int k = 0; k < ROW_STRINGS; k++)
+                    if (out->strings[k].text != NULL) job->row_totals[k] += out->strings[k].length;
+                job->claimed++;
+            }
+        }
         job->categories[i] = (unsigned char)category;
         if (category != SCANNED) continue;
         for (Py_ssize_t p = 0; p < job->paths; p++)
@@ -462,6 +833,40 @@ typedef struct {
     unsigned char *valid;
     Py_ssize_t size, nulls;
 } Column;
+
+/* Pass 2 (no GIL), rows: the CLAIMED lines' strings copied into their columns (the email
+ * lower-cased: lower() of ASCII), the numbers into theirs. */
+static void copy_rows(const Job *job, Column *columns, int64_t *timestamps, double *revenue,
+                      unsigned char *revenue_valid, Py_ssize_t *revenue_nulls,
+                      unsigned char *other_identifier) {
+    for (int k = 0; k < ROW_STRINGS; k++) columns[k].offsets[0] = 0;
+    for (Py_ssize_t r = 0; r < job->claimed; r++) {
+        const Row *row = &job->rows[r];
+        for (int k = 0; k < ROW_STRINGS; k++) {
+            Column *column = &columns[k];
+            Piece piece = row->strings[k];
+            if (piece.text != NULL) {
+                char *to = column->data + column->size;
+                if (k == R_EMAIL)
+                    for (int32_t i = 0; i < piece.length; i++) to[i] = (char)lower(piece.text[i]);
+                else
+                    memcpy(to, piece.text, (size_t)piece.length);
+                column->size += piece.length;
+                column->valid[r >> 3] |= (unsigned char)(1u << (r & 7));
+            } else {
+                column->nulls++;
+            }
+            column->offsets[r + 1] = (int32_t)column->size;
+        }
+        timestamps[r] = row->timestamp;
+        revenue[r] = row->has_revenue ? row->revenue : 0.0;
+        if (row->has_revenue)
+            revenue_valid[r >> 3] |= (unsigned char)(1u << (r & 7));
+        else
+            (*revenue_nulls)++;
+        other_identifier[r] = row->other_identifier;
+    }
+}
 
 /* Pass 2 (no GIL): the values copied into the columns, line by line. */
 static void copy_all(const Job *job, Column *columns, unsigned char **mentions) {
@@ -489,15 +894,139 @@ static void copy_all(const Job *job, Column *columns, unsigned char **mentions) 
     }
 }
 
+/* An Arrow string column of `rows` values and `total` bytes: its three buffers (offsets, data,
+ * validity, zeroed) in buffers[0..2], and the Column that writes them; -1 with an exception. */
+static int new_column(PyObject **buffers, Py_ssize_t rows, Py_ssize_t total, Column *column) {
+    if (total > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "values over 2 GB: use smaller blocks");
+        return -1;
+    }
+    Py_ssize_t bitmap = (rows + 7) / 8;
+    buffers[0] = PyBytes_FromStringAndSize(NULL, (rows + 1) * 4);
+    buffers[1] = PyBytes_FromStringAndSize(NULL, total);
+    buffers[2] = PyBytes_FromStringAndSize(NULL, bitmap);
+    if (!buffers[0] || !buffers[1] || !buffers[2]) return -1;
+    *column = (Column){(int32_t *)PyBytes_AS_STRING(buffers[0]), PyBytes_AS_STRING(buffers[1]),
+                       (unsigned char *)PyBytes_AS_STRING(buffers[2]), 0, 0};
+    memset(column->valid, 0, (size_t)bitmap);
+    return 0;
+}
+
+/* [(offsets, data, validity, null_count), ...] of `count` columns written by new_column. */
+static PyObject *column_list(PyObject **buffers, const Column *columns, Py_ssize_t count) {
+    PyObject *list = PyList_New(count);
+    if (list == NULL) return NULL;
+    for (Py_ssize_t p = 0; p < count; p++) {
+        PyObject *column = Py_BuildValue("(OOOn)", buffers[3 * p], buffers[3 * p + 1],
+                                         buffers[3 * p + 2], columns[p].nulls);
+        if (column == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, p, column);
+    }
+    return list;
+}
+
+static int text_of(PyObject *object, Text *text) {
+    if (object == Py_None) {
+        *text = (Text){NULL, 0};
+        return 0;
+    }
+    text->text = PyUnicode_AsUTF8AndSize(object, &text->length);
+    return text->text == NULL ? -1 : 0;
+}
+
+/* A list of str (None allowed when `optional`) into texts; -1 with an exception set. */
+static int texts_of(PyObject *list, Text *texts, int *count, int optional) {
+    if (!PyList_Check(list) || PyList_GET_SIZE(list) > MAX_NAMES) {
+        PyErr_SetString(PyExc_ValueError, "contract lists must be lists of at most 256 texts");
+        return -1;
+    }
+    *count = (int)PyList_GET_SIZE(list);
+    for (int i = 0; i < *count; i++) {
+        PyObject *item = PyList_GET_ITEM(list, i);
+        if ((item == Py_None && !optional) || (item != Py_None && !PyUnicode_Check(item))) {
+            PyErr_SetString(PyExc_ValueError, "contract lists hold texts");
+            return -1;
+        }
+        if (text_of(item, &texts[i]) != 0) return -1;
+    }
+    return 0;
+}
+
+/* features.vectorised._scan_contract(): (fields, canonical names, their implied channels,
+ * channel-specific flags (bytes), kinds, their event names, channels, app device types, rare
+ * property needles, needle index of "device", of "context"). */
+static int contract_of(PyObject *tuple, Py_ssize_t paths, Py_ssize_t needles, Contract *contract) {
+    PyObject *fields, *canonical, *implied, *kinds, *kind_names, *channels, *app_types, *rare;
+    const char *specific;
+    Py_ssize_t specific_length;
+    if (!PyArg_ParseTuple(tuple, "OOOy#OOOOOii", &fields, &canonical, &implied, &specific,
+                          &specific_length, &kinds, &kind_names, &channels, &app_types, &rare,
+                          &contract->mention_device, &contract->mention_context))
+        return -1;
+    if (!PyList_Check(fields) || PyList_GET_SIZE(fields) != FIELD_COUNT) {
+        PyErr_SetString(PyExc_ValueError, "contract fields: one path index per row field");
+        return -1;
+    }
+    for (int f = 0; f < FIELD_COUNT; f++) {
+        long index = PyLong_AsLong(PyList_GET_ITEM(fields, f));
+        if (index == -1 && PyErr_Occurred()) return -1;
+        if (index < 0 || index >= paths) {
+            PyErr_SetString(PyExc_ValueError, "contract fields: a path index out of range");
+            return -1;
+        }
+        contract->field[f] = (int)index;
+    }
+    int implied_count, kind_name_count;
+    if (texts_of(canonical, contract->canonical, &contract->canonical_count, 0) != 0 ||
+        texts_of(implied, contract->implied, &implied_count, 1) != 0 ||
+        texts_of(channels, contract->channels, &contract->channel_count, 0) != 0 ||
+        texts_of(app_types, contract->app_device_types, &contract->app_device_type_count, 0) ||
+        texts_of(rare, contract->rare, &contract->rare_count, 0) != 0)
+        return -1;
+    if (!PyList_Check(kinds) || PyList_GET_SIZE(kinds) > 8 || !PyList_Check(kind_names) ||
+        PyList_GET_SIZE(kind_names) != PyList_GET_SIZE(kinds) ||
+        texts_of(kinds, contract->kinds, &contract->kind_count, 0) != 0 ||
+        texts_of(kind_names, contract->kind_names, &kind_name_count, 0) != 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "contract kinds: at most 8");
+        return -1;
+    }
+    if (implied_count != contract->canonical_count ||
+        specific_length != contract->canonical_count) {
+        PyErr_SetString(PyExc_ValueError, "contract: one implied channel and flag per name");
+        return -1;
+    }
+    for (int i = 0; i < contract->canonical_count; i++) contract->specific[i] = specific[i] != 0;
+    for (int k = 0; k < contract->rare_count; k++)
+        if (contract->rare[k].length == 0) {
+            PyErr_SetString(PyExc_ValueError, "contract: an empty rare-key needle");
+            return -1;
+        }
+    if (contract->mention_device < 0 || contract->mention_device >= needles ||
+        contract->mention_context < 0 || contract->mention_context >= needles) {
+        PyErr_SetString(PyExc_ValueError, "contract: mention indices out of range");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *scan(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer offsets_view, data_view;
-    PyObject *path_list, *needle_list, *result = NULL;
+    PyObject *path_list, *needle_list, *contract_tuple = Py_None, *result = NULL;
     int wide;
-    if (!PyArg_ParseTuple(args, "y*y*O!pO!", &offsets_view, &data_view, &PyList_Type, &path_list,
-                          &wide, &PyList_Type, &needle_list))
+    if (!PyArg_ParseTuple(args, "y*y*O!pO!|O", &offsets_view, &data_view, &PyList_Type,
+                          &path_list, &wide, &PyList_Type, &needle_list, &contract_tuple))
         return NULL;
     Job job = {0};
+    Contract contract;
+    PyObject *row_result = NULL, *row_columns = NULL;
+    PyObject *row_buffers[3 * ROW_STRINGS] = {NULL};
+    PyObject *timestamps = NULL, *revenue = NULL, *revenue_valid = NULL, *other = NULL;
+    Column row_outputs[ROW_STRINGS];
+    Py_ssize_t revenue_nulls = 0;
     Tree tree;
     const char *texts[MAX_PATHS], *needles[MAX_PATHS];
     Py_ssize_t text_lengths[MAX_PATHS], needle_lengths[MAX_PATHS];
@@ -533,6 +1062,14 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "paths must read $.key.key... (each once)");
         goto done;
     }
+    if (contract_tuple != Py_None) {
+        if (!PyTuple_Check(contract_tuple)) {
+            PyErr_SetString(PyExc_TypeError, "contract must be a tuple or None");
+            goto done;
+        }
+        if (contract_of(contract_tuple, job.paths, job.needles, &contract) != 0) goto done;
+        job.contract = &contract;
+    }
     job.lines = offsets_view.len / width - 1;
     job.data = data_view.buf;
     job.offsets = offsets_view.buf;
@@ -555,7 +1092,9 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     job.lengths = PyMem_RawMalloc(lines * (size_t)(job.paths + 1) * sizeof(int32_t));
     job.found = PyMem_RawMalloc(lines * (size_t)(job.needles + 1));
     job.totals = PyMem_RawCalloc((size_t)job.paths + 1, sizeof(Py_ssize_t));
-    if (!job.starts || !job.lengths || !job.found || !job.totals) {
+    if (job.contract != NULL) job.rows = PyMem_RawMalloc(lines * sizeof(Row));
+    if (!job.starts || !job.lengths || !job.found || !job.totals ||
+        (job.contract != NULL && !job.rows)) {
         PyErr_NoMemory();
         goto done;
     }
@@ -564,23 +1103,11 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     scan_all(&job);
     Py_END_ALLOW_THREADS;
 
-    Py_ssize_t rows = job.scanned, bitmap = (rows + 7) / 8;
+    Py_ssize_t rows = job.scanned;
     mentions = PyList_New(job.needles);
     if (mentions == NULL) goto done;
-    for (Py_ssize_t p = 0; p < job.paths; p++) {
-        if (job.totals[p] > INT32_MAX) {
-            PyErr_SetString(PyExc_ValueError, "values over 2 GB: use smaller blocks");
-            goto done;
-        }
-        buffers[3 * p] = PyBytes_FromStringAndSize(NULL, (rows + 1) * 4);
-        buffers[3 * p + 1] = PyBytes_FromStringAndSize(NULL, job.totals[p]);
-        buffers[3 * p + 2] = PyBytes_FromStringAndSize(NULL, bitmap);
-        if (!buffers[3 * p] || !buffers[3 * p + 1] || !buffers[3 * p + 2]) goto done;
-        outputs[p] = (Column){(int32_t *)PyBytes_AS_STRING(buffers[3 * p]),
-                              PyBytes_AS_STRING(buffers[3 * p + 1]),
-                              (unsigned char *)PyBytes_AS_STRING(buffers[3 * p + 2]), 0, 0};
-        memset(outputs[p].valid, 0, (size_t)bitmap);
-    }
+    for (Py_ssize_t p = 0; p < job.paths; p++)
+        if (new_column(&buffers[3 * p], rows, job.totals[p], &outputs[p]) != 0) goto done;
     for (Py_ssize_t k = 0; k < job.needles; k++) {
         PyObject *flags = PyBytes_FromStringAndSize(NULL, rows);
         if (flags == NULL) goto done;
@@ -592,15 +1119,34 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     copy_all(&job, outputs, mention_bytes);
     Py_END_ALLOW_THREADS;
 
-    columns = PyList_New(job.paths);
+    columns = column_list(buffers, outputs, job.paths);
     if (columns == NULL) goto done;
-    for (Py_ssize_t p = 0; p < job.paths; p++) {
-        PyObject *column = Py_BuildValue("(OOOn)", buffers[3 * p], buffers[3 * p + 1],
-                                         buffers[3 * p + 2], outputs[p].nulls);
-        if (column == NULL) goto done;
-        PyList_SET_ITEM(columns, p, column);
+    if (job.contract != NULL) {
+        Py_ssize_t count = job.claimed, row_bitmap = (count + 7) / 8;
+        for (int k = 0; k < ROW_STRINGS; k++)
+            if (new_column(&row_buffers[3 * k], count, job.row_totals[k], &row_outputs[k]) != 0)
+                goto done;
+        timestamps = PyBytes_FromStringAndSize(NULL, count * 8);
+        revenue = PyBytes_FromStringAndSize(NULL, count * 8);
+        revenue_valid = PyBytes_FromStringAndSize(NULL, row_bitmap);
+        other = PyBytes_FromStringAndSize(NULL, count);
+        if (!timestamps || !revenue || !revenue_valid || !other) goto done;
+        unsigned char *valid_bits = (unsigned char *)PyBytes_AS_STRING(revenue_valid);
+        memset(valid_bits, 0, (size_t)row_bitmap);
+        Py_BEGIN_ALLOW_THREADS;
+        copy_rows(&job, row_outputs, (int64_t *)PyBytes_AS_STRING(timestamps),
+                  (double *)PyBytes_AS_STRING(revenue), valid_bits, &revenue_nulls,
+                  (unsigned char *)PyBytes_AS_STRING(other));
+        Py_END_ALLOW_THREADS;
+        row_columns = column_list(row_buffers, row_outputs, ROW_STRINGS);
+        if (row_columns == NULL) goto done;
+        row_result = Py_BuildValue("(nOOOOnO)", count, row_columns, timestamps, revenue,
+                                   revenue_valid, revenue_nulls, other);
+        if (row_result == NULL) goto done;
+    } else {
+        row_result = Py_NewRef(Py_None);
     }
-    result = Py_BuildValue("(OnOO)", categories, job.scanned, columns, mentions);
+    result = Py_BuildValue("(OnOOO)", categories, job.scanned, columns, mentions, row_result);
 
 done:
     for (Py_ssize_t i = 0; i < 3 * MAX_PATHS; i++) Py_XDECREF(buffers[i]);
@@ -611,6 +1157,14 @@ done:
     PyMem_RawFree(job.lengths);
     PyMem_RawFree(job.found);
     PyMem_RawFree(job.totals);
+    PyMem_RawFree(job.rows);
+    for (int i = 0; i < 3 * ROW_STRINGS; i++) Py_XDECREF(row_buffers[i]);
+    Py_XDECREF(row_columns);
+    Py_XDECREF(row_result);
+    Py_XDECREF(timestamps);
+    Py_XDECREF(revenue);
+    Py_XDECREF(revenue_valid);
+    Py_XDECREF(other);
     PyBuffer_Release(&offsets_view);
     PyBuffer_Release(&data_view);
     return result;

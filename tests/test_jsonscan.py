@@ -5,6 +5,9 @@ duplicate key in an object the common query reads, and whose every VALUE_PATHS v
 exactly as json_extract does; it may skip only lines that fail those two macros. Refusing is
 always allowed (the line takes the SQL path). The common query's rows are then the same with
 and without the scanner (tests/test_vectorised.py holds those rows to the reference).
+
+Its row builder may only claim a scanned line that the common query (on the scanner's columns)
+claims, with that query's row, and may only leave lines the query does not claim.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from hypothesis import strategies as st
 from test_vectorised import _LINES, _common_line, _lines, _random_line
 
 from features import vectorised
+from features.contract import CANONICAL_EVENTS
 from features.vectorised import VALUE_PATHS, common_shape_rows, scan_lines
 
 pytestmark = pytest.mark.skipif(vectorised._jsonscan is None, reason="features._jsonscan not built")
 
-SKIPPED, SCANNED, REFUSED = 0, 1, 2
+SKIPPED, SCANNED, REFUSED, CLAIMED, LEFT = 0, 1, 2, 3, 4
 _KEY_PATHS = ["$", "$.context", "$.context.device", "$.context.traits", "$.properties"]
 
 
@@ -55,7 +59,7 @@ def _duckdb_view(connection: duckdb.DuckDBPyConnection, raws: list[str]) -> list
 
 def check_scanner(connection: duckdb.DuckDBPyConnection, raws: list[str]) -> list[int]:
     """Assert the scanner's contract on ``raws`` against DuckDB; return its verdicts."""
-    verdicts, fields = scan_lines(_lines(raws))
+    verdicts, fields, _ = scan_lines(_lines(raws), build_rows=False)
     verdicts = verdicts.tolist()
     expected = _duckdb_view(connection, raws)
     scanned = [i for i, verdict in enumerate(verdicts) if verdict == SCANNED]
@@ -75,7 +79,7 @@ def check_scanner(connection: duckdb.DuckDBPyConnection, raws: list[str]) -> lis
 
 
 def _scan_one(raw: str) -> int:
-    return int(scan_lines(_lines([raw]))[0][0])
+    return int(scan_lines(_lines([raw]), build_rows=False)[0][0])
 
 
 # --- hand-written cases --------------------------------------------------------------------------
@@ -255,13 +259,15 @@ def test_sliced_and_large_string_chunks() -> None:
     rng = random.Random(4)
     raws = [_common_line(rng) for _ in range(300)]
     whole = _lines(raws)
-    expected_verdicts, expected = scan_lines(whole)
-    sliced = pa.Table.from_batches(whole.to_batches(max_chunksize=7))
-    large = whole.set_column(1, "raw", whole.column("raw").cast(pa.large_string()))
-    for table in (sliced, large):
-        verdicts, fields = scan_lines(table)
-        assert verdicts.tolist() == expected_verdicts.tolist()
-        assert fields.combine_chunks().equals(expected.combine_chunks())
+    for build_rows in (False, True):
+        expected_verdicts, expected, expected_rows = scan_lines(whole, build_rows)
+        sliced = pa.Table.from_batches(whole.to_batches(max_chunksize=7))
+        large = whole.set_column(1, "raw", whole.column("raw").cast(pa.large_string()))
+        for table in (sliced, large):
+            verdicts, fields, rows = scan_lines(table, build_rows)
+            assert verdicts.tolist() == expected_verdicts.tolist()
+            assert fields.combine_chunks().equals(expected.combine_chunks())
+            assert rows.combine_chunks().equals(expected_rows.combine_chunks())
 
 
 def test_bad_arguments() -> None:
@@ -291,3 +297,313 @@ def test_many_numbers_near_the_shortest(connection) -> None:
     verdicts = check_scanner(connection, raws)
     shortest = [verdicts[i] for i, text in enumerate(texts) if text == repr(float(text))]
     assert shortest.count(SCANNED) > 0.5 * len(shortest)
+
+
+# --- the row builder -----------------------------------------------------------------------------
+
+
+def check_rows(connection: duckdb.DuckDBPyConnection, raws: list[str]) -> list[int]:
+    """Assert the row builder's contract on ``raws`` against the common query run on the
+    scanner's columns; return its verdicts."""
+    lines = _lines(raws)
+    plain_verdicts, fields, _ = scan_lines(lines, build_rows=False)
+    verdicts, _, built = scan_lines(lines)
+    query = vectorised._claimed_in_order(
+        vectorised._run(connection, vectorised.COMMON_SCANNED_SQL, fields, None)
+    )
+    query = query.select(built.column_names).cast(built.schema)
+    by_query = {row["position"]: row for row in query.to_pylist()}
+    for verdict, plain_verdict, raw in zip(verdicts, plain_verdicts, raws, strict=True):
+        if plain_verdict == SCANNED:
+            assert verdict in (SCANNED, CLAIMED, LEFT), raw
+        else:
+            assert verdict == plain_verdict, raw
+    for position, verdict in enumerate(verdicts.tolist(), start=1):
+        if verdict == LEFT:
+            assert position not in by_query, f"left a line the query claims: {raws[position - 1]}"
+    claimed = [p for p, verdict in enumerate(verdicts.tolist(), start=1) if verdict == CLAIMED]
+    assert built.column("position").to_pylist() == claimed
+    for row in built.to_pylist():
+        raw = raws[row["position"] - 1]
+        assert row["position"] in by_query, f"claimed a line the query does not: {raw}"
+        expected = by_query[row["position"]]
+        differences = [
+            (name, expected[name], row[name])
+            for name in built.column_names
+            if not _same_value(expected[name], row[name])
+        ]
+        assert not differences, f"{raw}\n{differences}"
+    return verdicts.tolist()
+
+
+def _same_value(expected, got) -> bool:
+    if isinstance(expected, float) and isinstance(got, float):
+        return struct.pack("<d", expected) == struct.pack("<d", got)  # bit for bit
+    return type(expected) is type(got) and expected == got
+
+
+def _message(**fields) -> str:
+    message = {
+        "type": "track",
+        "event": "Email Opened",
+        "messageId": "m-1",
+        "timestamp": "2026-01-05T10:00:00.123Z",
+        "userId": "u-1",
+        "properties": {"send_id": "s-1", "campaign_id": "c-1"},
+        "context": {"traits": {"email": "Ann@Example.com"}, "device": {"id": "d-1"}},
+    }
+    for key, value in fields.items():
+        if value is _ABSENT:
+            message.pop(key, None)
+        else:
+            message[key] = value
+    return orjson.dumps(message).decode()
+
+
+_ABSENT = object()
+_ROW_CASES = {
+    "plain": (_message(), CLAIMED),
+    "page": (_message(type="page", event=_ABSENT), CLAIMED),
+    "screen": (_message(type="screen"), CLAIMED),
+    "identify": (_message(type="identify"), LEFT),
+    "a capitalised type": (_message(type="Track"), LEFT),
+    "a custom event": (_message(event="Custom Thing"), LEFT),
+    "no event": (_message(event=_ABSENT), LEFT),
+    "no message id": (_message(messageId=_ABSENT), LEFT),
+    "an empty message id": (_message(messageId=""), LEFT),
+    "a numeric message id": (_message(messageId=42), LEFT),
+    "a null user id": (_message(userId=None), LEFT),
+    "an empty user id": (_message(userId=""), CLAIMED),
+    "no identifier": (_message(userId=_ABSENT, context={}), LEFT),
+    "only a phone": (
+        _message(userId=_ABSENT, context={"traits": {"phone": "+447911123456"}}),
+        CLAIMED,
+    ),
+    "only a null phone": (_message(userId=_ABSENT, context={"traits": {"phone": None}}), LEFT),
+    "a batch": (_message(batch=[]), LEFT),
+    "nested properties": (_message(properties={"a": {"b": 1}}), LEFT),
+    "a brace in a property": (_message(properties={"a": "x{y"}), LEFT),
+    "products": (_message(properties={"products": []}), LEFT),
+    "a rare key": (_message(properties={"total": 5}), LEFT),
+    "empty properties": (_message(properties={}), CLAIMED),
+    "no properties": (_message(properties=_ABSENT), CLAIMED),
+    "null properties": (_message(properties=None), LEFT),
+    "nested traits": (_message(context={"traits": {"a": {"b": 1}}}), LEFT),
+    "a device mentioned": (_message(properties={"a": "device"}, context={}), LEFT),
+    "a context mentioned": (_message(userId="context", context=_ABSENT), LEFT),
+    "a device without values": (_message(context={"device": {"x": 1}}), LEFT),
+    "revenue": (_message(properties={"revenue": 12.5, "price": "x"}), CLAIMED),
+    "revenue as text": (_message(properties={"revenue": "12.5"}), LEFT),
+    "price and quantity": (_message(properties={"price": 2.5, "quantity": 3}), CLAIMED),
+    "price alone": (_message(properties={"price": 0.1}), CLAIMED),
+    "a null quantity": (_message(properties={"price": 2.5, "quantity": None}), LEFT),
+    "a big integer price": (_message(properties={"price": 123456789012345678}), CLAIMED),
+    "negative zero revenue": (_message(properties={"revenue": -0.0}), CLAIMED),
+    "an offset": (_message(timestamp="2026-01-05T10:00:00.5+05:30"), CLAIMED),
+    "a negative offset": (_message(timestamp="2026-01-05T22:00:00-05:00"), CLAIMED),
+    "7 fractional digits": (_message(timestamp="2026-01-05T10:00:00.1234567Z"), SCANNED),
+    "February 30": (_message(timestamp="2026-02-30T10:00:00Z"), SCANNED),
+    "a leap day": (_message(timestamp="2028-02-29T10:00:00Z"), CLAIMED),
+    "not a leap day": (_message(timestamp="2100-02-29T10:00:00Z"), SCANNED),
+    "before 1970 after the offset": (_message(timestamp="1970-01-01T00:30:00+01:00"), SCANNED),
+    "2100 after the offset": (_message(timestamp="2099-12-31T23:30:00-01:00"), SCANNED),
+    "a space for the T": (_message(timestamp="2026-01-05 10:00:00Z"), SCANNED),
+    "no timestamp": (_message(timestamp=_ABSENT), SCANNED),
+    "a stated channel": (_message(event="Product Viewed", properties={"channel": "sms"}), CLAIMED),
+    "an unknown channel": (_message(event="Product Viewed", properties={"channel": "fax"}), LEFT),
+    "a capitalised channel": (
+        _message(event="Product Viewed", properties={"channel": "Sms"}),
+        LEFT,
+    ),
+    "a channel-specific name": (_message(properties={"channel": "fax"}), CLAIMED),
+    "an app": (_message(event="Product Viewed", context={"app": {"name": "x"}}), CLAIMED),
+    "a zero app": (_message(event="Product Viewed", context={"app": 0.0}), CLAIMED),
+    "an iOS device": (
+        _message(event="Product Viewed", context={"device": {"type": "IOS"}}),
+        CLAIMED,
+    ),
+    "a padded device type": (
+        _message(event="Product Viewed", context={"device": {"type": "ios x"}}),
+        CLAIMED,
+    ),
+    "a DEL in a device type": (
+        _message(event="Product Viewed", context={"device": {"type": "io\x7fs"}}),
+        LEFT,
+    ),
+    "a long device type": (
+        _message(event="Product Viewed", context={"device": {"type": "x" * 80}}),
+        SCANNED,
+    ),
+    "a numeric device type": (
+        _message(event="Product Viewed", context={"device": {"type": 5}}),
+        CLAIMED,
+    ),
+    "an odd email": (_message(context={"traits": {"email": "a@b"}}), LEFT),
+    "a null email": (_message(context={"traits": {"email": None}}), CLAIMED),
+}
+
+
+@pytest.mark.parametrize("name", list(_ROW_CASES), ids=list(_ROW_CASES))
+def test_row_builder_by_hand(connection, name: str) -> None:
+    raw, verdict = _ROW_CASES[name]
+    assert check_rows(connection, [raw]) == [verdict]
+
+
+def test_row_builder_on_generated_lines(connection) -> None:
+    rng = random.Random(5)
+    raws = [_common_line(rng) for _ in range(3000)] + [_random_line(rng) for _ in range(3000)]
+    verdicts = check_rows(connection, raws)
+    assert verdicts.count(CLAIMED) > 800 and verdicts.count(LEFT) > 500
+
+
+def test_common_rows_are_the_same_without_the_row_builder(monkeypatch) -> None:
+    rng = random.Random(9)
+    raws = [_common_line(rng) for _ in range(1500)] + [_random_line(rng) for _ in range(1500)]
+    rng.shuffle(raws)
+    lines = pa.Table.from_batches(_lines(raws).to_batches(max_chunksize=700))
+    built = common_shape_rows(lines)
+    scan = vectorised.scan_lines
+    monkeypatch.setattr(vectorised, "scan_lines", lambda lines: scan(lines, build_rows=False))
+    assert built.equals(common_shape_rows(lines))
+
+
+def _timestamp_texts() -> st.SearchStrategy:
+    """Near misses of the forms the row builder reads: every part at and past its limits."""
+    two = st.integers(0, 99).map(lambda n: f"{n:02d}")
+    parts = st.tuples(
+        st.one_of(st.sampled_from([1969, 1970, 2024, 2026, 2099, 2100]), st.integers(0, 9999)),
+        st.one_of(st.sampled_from(["01", "02", "12", "00", "13"]), two),
+        st.one_of(st.sampled_from(["01", "28", "29", "30", "31", "00", "32"]), two),
+        st.sampled_from(["T", "T", "T", " ", "t"]),
+        st.one_of(st.sampled_from(["00", "23", "24"]), two),
+        st.one_of(st.sampled_from(["00", "59", "60"]), two),
+        st.one_of(st.sampled_from(["00", "59", "60"]), two),
+        st.one_of(st.just(""), st.from_regex(r"\.[0-9]{0,10}", fullmatch=True)),
+        st.one_of(
+            st.sampled_from(["Z", "Z", "z", "", "+00:00", "-00:00", "+23:59", "+24:00", "+0200"]),
+            st.from_regex(r"[+-][0-9]{2}:[0-9]{2}", fullmatch=True),
+        ),
+    )
+    return parts.map(
+        lambda p: f"{p[0]:04d}-{p[1]}-{p[2]}{p[3]}{p[4]}:{p[5]}:{p[6]}{p[7]}{p[8]}"
+    ) | st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.Z+-]{8,20}", fullmatch=True)
+
+
+_ROW_TEXT = st.from_regex(r"[a-zA-Z0-9.@!#{}\[\]~^`|\x7f _-]{0,12}", fullmatch=True)
+_ROW_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0, 0.0, -0.0, 1, 0.5, "", "x", {}, {"a": 1}, [], [1], "0"]),
+    _ROW_TEXT,
+)
+
+
+def _maybe_key(key: str, values: st.SearchStrategy) -> st.SearchStrategy:
+    return st.one_of(st.just({}), values.map(lambda value: {key: value}))
+
+
+def _merged(parts: tuple) -> dict:
+    merged: dict = {}
+    for part in parts:
+        merged.update(part)
+    return merged
+
+
+_ROW_MESSAGES = st.tuples(
+    _maybe_key("type", st.sampled_from(["track"] * 6 + ["page", "screen", "identify", "Track"])),
+    _maybe_key("event", st.one_of(st.sampled_from(list(CANONICAL_EVENTS)), _ROW_TEXT, _ROW_VALUES)),
+    _maybe_key("messageId", st.one_of(st.from_regex(r"m-[0-9]{1,4}", fullmatch=True), _ROW_VALUES)),
+    _maybe_key("timestamp", st.one_of(_timestamp_texts(), _timestamp_texts(), _ROW_VALUES)),
+    _maybe_key("userId", st.one_of(_ROW_TEXT, _ROW_VALUES)),
+    _maybe_key("anonymousId", _ROW_VALUES),
+    _maybe_key(
+        "properties",
+        st.one_of(
+            st.none(),
+            st.tuples(
+                *[
+                    _maybe_key(key, _ROW_VALUES)
+                    for key in ("revenue", "price", "quantity", "product_id", "category", "x")
+                ],
+                _maybe_key(
+                    "channel",
+                    st.one_of(
+                        st.sampled_from(["email", "sms", "push", "web", "app", "SMS"]), _ROW_VALUES
+                    ),
+                ),
+                _maybe_key("currency", st.sampled_from(["EUR", "", "total", "device"])),
+            ).map(_merged),
+        ),
+    ),
+    _maybe_key(
+        "context",
+        st.one_of(
+            st.none(),
+            st.tuples(
+                _maybe_key(
+                    "traits",
+                    st.tuples(
+                        _maybe_key(
+                            "email",
+                            st.one_of(
+                                st.from_regex(r"[a-zA-Z.@#!~{}\x7f-]{0,10}", fullmatch=True),
+                                _ROW_VALUES,
+                            ),
+                        ),
+                        _maybe_key("phone", st.one_of(st.just("+447911123456"), _ROW_VALUES)),
+                    ).map(_merged),
+                ),
+                _maybe_key(
+                    "device",
+                    st.tuples(
+                        _maybe_key("id", _ROW_VALUES),
+                        _maybe_key(
+                            "type",
+                            st.one_of(
+                                st.sampled_from(["ios", "Android", "TVOS", "ios ", "x" * 70]),
+                                _ROW_TEXT,
+                                _ROW_VALUES,
+                            ),
+                        ),
+                    ).map(_merged),
+                ),
+                _maybe_key("app", _ROW_VALUES),
+            ).map(_merged),
+        ),
+    ),
+).map(lambda parts: orjson.dumps(_merged(parts)).decode())
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(raws=st.lists(_ROW_MESSAGES, min_size=1, max_size=40))
+def test_row_builder_hypothesis(raws: list[str]) -> None:
+    check_rows(_property_connection(), raws)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_timestamp_texts())
+def test_row_builder_timestamps(text: str) -> None:
+    check_rows(_property_connection(), [_message(timestamp=text)])
+
+
+def test_row_builder_many_timestamps(connection) -> None:
+    """Every day of some years and the ends of the range, with offsets: one batch."""
+    rng = random.Random(11)
+    texts = []
+    for year in (1970, 1999, 2000, 2024, 2026, 2099):
+        for month in range(1, 13):
+            for day in (1, 28, 29, 30, 31):
+                zone = rng.choice(["Z", "+05:30", "-11:00", "+14:00", "-00:00"])
+                fraction = rng.choice(["", ".5", ".123456", ".000001"])
+                texts.append(
+                    f"{year}-{month:02d}-{day:02d}T{rng.randrange(24):02d}:59:59{fraction}{zone}"
+                )
+    texts += ["1970-01-01T00:00:00Z", "1970-01-01T00:00:00+00:01", "2099-12-31T23:59:59.999999Z"]
+    verdicts = check_rows(connection, [_message(timestamp=text) for text in texts])
+    assert verdicts.count(CLAIMED) > 0.8 * len(texts)
