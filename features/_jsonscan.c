@@ -448,7 +448,7 @@ typedef struct {
     int channel_count;
     Text app_device_types[MAX_NAMES]; /* lower case */
     int app_device_type_count;
-    Text rare[MAX_NAMES]; /* '"key":' of RARE_PROPERTIES */
+    Text rare[MAX_NAMES]; /* RARE_PROPERTIES (no '"' inside) */
     int rare_count;
     int mention_device, mention_context; /* needle indices of "device" and "context" */
 } Contract;
@@ -604,6 +604,24 @@ static Piece text_piece(Text text) {
     return (Piece){(const unsigned char *)text.text, (int32_t)text.length};
 }
 
+/* contains(properties_json, '"key":') for a rare key, on flat properties (no '{' inside) of a
+ * scanned line: there a string has no quote inside, and a string followed by ':' is a key of
+ * the object itself, so this is "the object has one of these keys", read key by key. */
+static int has_rare_key(const Contract *contract, Piece properties) {
+    const unsigned char *p = properties.text, *end = properties.text + properties.length;
+    while ((p = memchr(p, '"', (size_t)(end - p))) != NULL) {
+        const unsigned char *content = p + 1;
+        const unsigned char *close = memchr(content, '"', (size_t)(end - content));
+        if (close == NULL) return 1; /* cannot happen on a scanned line; leave it to SQL */
+        if (close + 1 < end && close[1] == ':')
+            for (int k = 0; k < contract->rare_count; k++)
+                if (same(content, close - content, contract->rare[k].text, contract->rare[k].length))
+                    return 1;
+        p = close + 1;
+    }
+    return 0;
+}
+
 /* The common query's verdict on a scanned line, and its row when it claims it. */
 static int common_row(const Contract *contract, const unsigned char *line, const int32_t *starts,
                       const int32_t *lengths, const unsigned char *found, Row *row) {
@@ -622,10 +640,7 @@ static int common_row(const Contract *contract, const unsigned char *line, const
         if (properties.text[0] != '{' ||
             memchr(properties.text + 1, '{', (size_t)properties.length - 1) != NULL)
             return LEFT;
-        for (int k = 0; k < contract->rare_count; k++)
-            if (memmem(properties.text, (size_t)properties.length, contract->rare[k].text,
-                       (size_t)contract->rare[k].length) != NULL)
-                return LEFT;
+        if (has_rare_key(contract, properties)) return LEFT;
     }
     if (traits.text != NULL &&
         (traits.text[0] != '{' || memchr(traits.text + 1, '{', (size_t)traits.length - 1) != NULL))
@@ -957,7 +972,7 @@ static int texts_of(PyObject *list, Text *texts, int *count, int optional) {
 
 /* features.vectorised._scan_contract(): (fields, canonical names, their implied channels,
  * channel-specific flags (bytes), kinds, their event names, channels, app device types, rare
- * property needles, needle index of "device", of "context"). */
+ * property keys, needle index of "device", of "context"). */
 static int contract_of(PyObject *tuple, Py_ssize_t paths, Py_ssize_t needles, Contract *contract) {
     PyObject *fields, *canonical, *implied, *kinds, *kind_names, *channels, *app_types, *rare;
     const char *specific;
@@ -1000,8 +1015,8 @@ static int contract_of(PyObject *tuple, Py_ssize_t paths, Py_ssize_t needles, Co
     }
     for (int i = 0; i < contract->canonical_count; i++) contract->specific[i] = specific[i] != 0;
     for (int k = 0; k < contract->rare_count; k++)
-        if (contract->rare[k].length == 0) {
-            PyErr_SetString(PyExc_ValueError, "contract: an empty rare-key needle");
+        if (memchr(contract->rare[k].text, '"', (size_t)contract->rare[k].length) != NULL) {
+            PyErr_SetString(PyExc_ValueError, "contract: a rare key with a quote");
             return -1;
         }
     if (contract->mention_device < 0 || contract->mention_device >= needles ||

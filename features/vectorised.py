@@ -1028,7 +1028,7 @@ def _scan_contract() -> tuple:
         list(fixed.values()),
         list(CHANNELS),
         sorted(_APP_DEVICE_TYPES),
-        [f'"{key}":' for key in RARE_PROPERTIES],
+        list(RARE_PROPERTIES),
         _MENTIONED.index("device"),
         _MENTIONED.index("context"),
     )

@@ -385,6 +385,11 @@ _ROW_CASES = {
     "a brace in a property": (_message(properties={"a": "x{y"}), LEFT),
     "products": (_message(properties={"products": []}), LEFT),
     "a rare key": (_message(properties={"total": 5}), LEFT),
+    "rare keys as values": (
+        _message(properties={"tags": ["email", "total"], "a": "value"}),
+        CLAIMED,
+    ),
+    "a longer key": (_message(properties={"emails": 1, "xtotal": 2}), CLAIMED),
     "empty properties": (_message(properties={}), CLAIMED),
     "no properties": (_message(properties=_ABSENT), CLAIMED),
     "null properties": (_message(properties=None), LEFT),
