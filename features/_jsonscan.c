@@ -406,18 +406,22 @@ static int scan_line(Scan *scan, int paths, const unsigned char *line, Py_ssize_
 /* features/vectorised.py's common-shape query (_COMMON_TEMPLATE), for a scanned line, computed
  * from the same JSON texts: the row when the query claims the line (CLAIMED), LEFT when one of
  * its claim conditions is false, SCANNED (the query decides) for what this code does not
- * compute: timestamps in any other form than the query's fast path, or dates it would check.
- * The names, channels and device types are the contract's, passed in by features.vectorised
- * (the same lists the SQL macros are written from); tests/test_jsonscan.py holds the rows and
- * verdicts to the query's. A LEFT line goes on to the general query or the reference, so a
- * wrong LEFT would only cost time; a CLAIMED row must be the query's exactly. */
+ * compute: timestamps in other forms than the Z and +HH:MM ones, or dates it would check.
+ * It also claims two shapes the query leaves to the reference (see common_row), with the
+ * reference's row. The names, channels and device types are the contract's, passed in by
+ * features.vectorised (the same lists the SQL macros are written from); tests/test_jsonscan.py
+ * holds the rows and verdicts to the query's and the reference's. A LEFT line goes on to the
+ * general query or the reference, so a wrong LEFT would only cost time; a CLAIMED row must be
+ * exact. */
 
 /* The values read, in this order (features.vectorised._ROW_FIELDS names each). */
 enum {
     F_TYPE, F_MESSAGE_ID, F_TIMESTAMP, F_USER_ID, F_ANONYMOUS_ID, F_EVENT, F_BATCH,
     F_PROPERTIES, F_CONTEXT_TRAITS, F_CONTEXT_EMAIL, F_CONTEXT_PHONE, F_DEVICE_ID,
     F_DEVICE_TYPE, F_APP, F_ORDER_ID, F_PRODUCT_ID, F_CATEGORY, F_CURRENCY, F_SEND_ID,
-    F_CAMPAIGN_ID, F_CHANNEL, F_REVENUE, F_PRICE, F_QUANTITY, FIELD_COUNT
+    F_CAMPAIGN_ID, F_CHANNEL, F_REVENUE, F_PRICE, F_QUANTITY,
+    /* read by the reference but not by the common query */
+    F_TRAITS, F_TRAITS_EMAIL, F_TRAITS_PHONE, F_TOTAL, F_VALUE, F_PRODUCTS, FIELD_COUNT
 };
 /* The string columns of a row, in this order (features.vectorised._ROW_STRINGS). */
 enum {
@@ -451,6 +455,8 @@ typedef struct {
     Text rare[MAX_NAMES]; /* RARE_PROPERTIES (no '"' inside) */
     int rare_count;
     int mention_device, mention_context; /* needle indices of "device" and "context" */
+    Text extra_paths[MAX_PATHS]; /* paths read for the rows only (after the column paths) */
+    int extra_count;
 } Contract;
 
 typedef struct {
@@ -614,15 +620,97 @@ static int has_rare_key(const Contract *contract, Piece properties) {
         const unsigned char *close = memchr(content, '"', (size_t)(end - content));
         if (close == NULL) return 1; /* cannot happen on a scanned line; leave it to SQL */
         if (close + 1 < end && close[1] == ':')
-            for (int k = 0; k < contract->rare_count; k++)
-                if (same(content, close - content, contract->rare[k].text, contract->rare[k].length))
-                    return 1;
+            for (int k = 0; k < contract->rare_count; k++) {
+                const Text *key = &contract->rare[k];
+                if (same(content, close - content, key->text, key->length)) return 1;
+            }
         p = close + 1;
     }
     return 0;
 }
 
-/* The common query's verdict on a scanned line, and its row when it claims it. */
+/* Any '{' in [from, to)? */
+static int has_brace(const unsigned char *from, const unsigned char *to) {
+    return to > from && memchr(from, '{', (size_t)(to - from)) != NULL;
+}
+
+/* _number() of a product's price or quantity as JSON text: 1 with the value for a JSON number
+ * (or *absent when absent and given), 0 for None (null, or absent without a default), -1 for
+ * anything else (left to Python). */
+static int product_number(Piece json, const double *absent, double *value) {
+    if (json.text == NULL) {
+        if (absent == NULL) return 0; /* None */
+        *value = *absent;
+        return 1;
+    }
+    if (SAME(json, "null")) return 0;
+    if (!is_number(json)) return -1;
+    *value = number_value(json);
+    return 1;
+}
+
+/* The reference's products fallback (_revenue), for an array of flat objects: the sum of
+ * price x quantity (an absent quantity is 1) of the products where both are numbers, a left
+ * fold from 0 as float(sum(...)) does; `count` of them. Also the first product's category
+ * (absent: NULL). -1 for anything else: not an array of flat objects, prices or quantities
+ * that are not numbers or null, or more than two totals (Python 3.12's sum() of floats is
+ * compensated, so only up to two terms is it the plain fold on every version). */
+static int products_total(Piece products, Piece *first_category, double *total, int *count) {
+    const unsigned char *p = products.text, *end = products.text + products.length - 1;
+    *total = 0.0;
+    *count = 0;
+    *first_category = (Piece){NULL, 0};
+    if (products.length < 2 || *p != '[' || *end != ']') return -1;
+    p++;
+    for (int index = 0; p < end; index++) {
+        Piece price = {NULL, 0}, quantity = {NULL, 0}, category = {NULL, 0};
+        if (*p != '{') return -1;
+        p++;
+        while (*p != '}') {
+            if (*p != '"') return -1;
+            const unsigned char *key = p + 1, *close = memchr(key, '"', (size_t)(end - key));
+            if (close == NULL || close[1] != ':') return -1;
+            const unsigned char *start = close + 2, *q = start;
+            if (*q == '"') {
+                const unsigned char *string_end = memchr(q + 1, '"', (size_t)(end - q - 1));
+                if (string_end == NULL) return -1;
+                q = string_end + 1;
+            } else {
+                while (q < end && *q != ',' && *q != '}') {
+                    if (*q == '{' || *q == '[') return -1;
+                    q++;
+                }
+            }
+            Piece member = {start, (int32_t)(q - start)};
+            Py_ssize_t key_length = close - key;
+            if (same(key, key_length, "price", 5)) price = member;
+            if (same(key, key_length, "quantity", 8)) quantity = member;
+            if (same(key, key_length, "category", 8)) category = member;
+            if (q >= end) return -1;
+            p = *q == ',' ? q + 1 : q;
+        }
+        p++; /* } */
+        if (index == 0) *first_category = category;
+        static const double one = 1.0;
+        double price_value = 0.0, quantity_value = 0.0;
+        int has_price = product_number(price, NULL, &price_value);
+        int has_quantity = product_number(quantity, &one, &quantity_value);
+        if (has_price < 0 || has_quantity < 0) return -1;
+        if (has_price && has_quantity) {
+            *total = *total + price_value * quantity_value;
+            if (++*count > 2) return -1;
+        }
+        if (*p == ',') p++;
+        else if (p != end) return -1;
+    }
+    return 0;
+}
+
+/* The common query's verdict on a scanned line, and its row when it claims it. Beyond the
+ * common shape, lines the query leaves to the reference are claimed in two shapes whose row
+ * is the reference's (held to it by tests/test_vectorised.py and tests/test_jsonscan.py):
+ * identify messages (their own flat traits), and properties with products (flat objects),
+ * total or value (_revenue()'s order: revenue, total, value, price x quantity, products). */
 static int common_row(const Contract *contract, const unsigned char *line, const int32_t *starts,
                       const int32_t *lengths, const unsigned char *found, Row *row) {
     Piece v[FIELD_COUNT];
@@ -632,22 +720,33 @@ static int common_row(const Contract *contract, const unsigned char *line, const
     }
     /* shape_ok */
     Piece type = v[F_TYPE];
-    if (!(SAME(type, "\"track\"") || SAME(type, "\"page\"") || SAME(type, "\"screen\"")))
+    int identify = SAME(type, "\"identify\"");
+    if (!(SAME(type, "\"track\"") || SAME(type, "\"page\"") || SAME(type, "\"screen\"") ||
+          identify))
         return LEFT;
     if (v[F_BATCH].text != NULL) return LEFT;
-    Piece properties = v[F_PROPERTIES], traits = v[F_CONTEXT_TRAITS];
+    /* identify reads its own traits, every other type context.traits */
+    Piece properties = v[F_PROPERTIES], products = v[F_PRODUCTS];
+    Piece context_traits = v[F_CONTEXT_TRAITS], traits = identify ? v[F_TRAITS] : context_traits;
     if (properties.text != NULL) {
-        if (properties.text[0] != '{' ||
-            memchr(properties.text + 1, '{', (size_t)properties.length - 1) != NULL)
-            return LEFT;
+        const unsigned char *after = properties.text + properties.length;
+        if (properties.text[0] != '{') return LEFT;
+        if (products.text != NULL ? has_brace(properties.text + 1, products.text) ||
+                                        has_brace(products.text + products.length, after)
+                                  : has_brace(properties.text + 1, after))
+            return LEFT; /* nested objects only among the products */
         if (has_rare_key(contract, properties)) return LEFT;
     }
-    if (traits.text != NULL &&
-        (traits.text[0] != '{' || memchr(traits.text + 1, '{', (size_t)traits.length - 1) != NULL))
+    if (traits.text != NULL && (traits.text[0] != '{' || has_brace(traits.text + 1,
+                                                                   traits.text + traits.length)))
+        return LEFT;
+    if (context_traits.text != NULL &&
+        (context_traits.text[0] != '{' ||
+         has_brace(context_traits.text + 1, context_traits.text + context_traits.length)))
         return LEFT;
     int in_device = v[F_DEVICE_ID].text != NULL || v[F_DEVICE_TYPE].text != NULL;
     if (!in_device && found[contract->mention_device]) return LEFT;
-    if (!in_device && traits.text == NULL && v[F_APP].text == NULL &&
+    if (!in_device && context_traits.text == NULL && v[F_APP].text == NULL &&
         found[contract->mention_context])
         return LEFT;
     for (size_t i = 0; i < sizeof text_fields / sizeof *text_fields; i++) {
@@ -655,14 +754,29 @@ static int common_row(const Contract *contract, const unsigned char *line, const
         if (text.text != NULL && text.text[0] != '"') return LEFT;
     }
     if (v[F_MESSAGE_ID].text == NULL || SAME(v[F_MESSAGE_ID], "\"\"")) return LEFT;
-    Piece email = v[F_CONTEXT_EMAIL];
+    Piece email = identify ? v[F_TRAITS_EMAIL] : v[F_CONTEXT_EMAIL];
     int has_email = email.text != NULL && !SAME(email, "null") && !SAME(email, "\"\"");
     if (has_email && !plain_email(email)) return LEFT;
-    Piece revenue = v[F_REVENUE], price = v[F_PRICE], quantity = v[F_QUANTITY];
-    if (revenue.text != NULL && !is_number(revenue)) return LEFT;
-    if (revenue.text == NULL && price.text != NULL &&
+    /* _revenue(): the first of revenue / total / value present and not null, a number; else
+     * price x quantity of numbers (an absent quantity is 1); else the products' total */
+    Piece amount = {NULL, 0}, price = v[F_PRICE], quantity = v[F_QUANTITY];
+    static const int amount_fields[] = {F_REVENUE, F_TOTAL, F_VALUE};
+    for (int i = 0; i < 3 && amount.text == NULL; i++)
+        if (v[amount_fields[i]].text != NULL && !SAME(v[amount_fields[i]], "null"))
+            amount = v[amount_fields[i]];
+    if (amount.text != NULL && !is_number(amount)) return LEFT;
+    if (amount.text == NULL && price.text != NULL &&
         !(is_number(price) && (quantity.text == NULL || is_number(quantity))))
         return LEFT;
+    Piece category = v[F_CATEGORY], first_category = {NULL, 0};
+    double products_sum = 0.0;
+    int product_totals = 0;
+    if (products.text != NULL &&
+        products_total(products, &first_category, &products_sum, &product_totals) != 0)
+        return LEFT;
+    /* properties.get("category", first_product.get("category")) */
+    if (category.text == NULL) category = first_category;
+    if (category.text != NULL && !is_string(category)) return LEFT;
 
     /* kairos_event_name */
     Piece kind = unquoted(type), event = {NULL, 0};
@@ -726,7 +840,7 @@ static int common_row(const Contract *contract, const unsigned char *line, const
     int other = (v[F_USER_ID].text != NULL && !SAME(v[F_USER_ID], "\"\"")) ||
                 (v[F_ANONYMOUS_ID].text != NULL && !SAME(v[F_ANONYMOUS_ID], "\"\"")) ||
                 (v[F_DEVICE_ID].text != NULL && !SAME(v[F_DEVICE_ID], "\"\"")) || has_email;
-    Piece phone = v[F_CONTEXT_PHONE];
+    Piece phone = identify ? v[F_TRAITS_PHONE] : v[F_CONTEXT_PHONE];
     if (!other && (phone.text == NULL || SAME(phone, "null") || SAME(phone, "\"\""))) return LEFT;
 
     if (!fast_timestamp(v[F_TIMESTAMP], &row->timestamp)) return SCANNED;
@@ -734,8 +848,8 @@ static int common_row(const Contract *contract, const unsigned char *line, const
     /* the row */
     static const int row_texts[][2] = {
         {R_USER_ID, F_USER_ID},   {R_ANONYMOUS_ID, F_ANONYMOUS_ID}, {R_DEVICE_ID, F_DEVICE_ID},
-        {R_ORDER_ID, F_ORDER_ID}, {R_PRODUCT_ID, F_PRODUCT_ID},     {R_CATEGORY, F_CATEGORY},
-        {R_CURRENCY, F_CURRENCY}, {R_SEND_ID, F_SEND_ID},           {R_CAMPAIGN_ID, F_CAMPAIGN_ID},
+        {R_ORDER_ID, F_ORDER_ID}, {R_PRODUCT_ID, F_PRODUCT_ID},     {R_CURRENCY, F_CURRENCY},
+        {R_SEND_ID, F_SEND_ID},   {R_CAMPAIGN_ID, F_CAMPAIGN_ID},
     };
     Piece *out = row->strings;
     for (size_t i = 0; i < sizeof row_texts / sizeof *row_texts; i++) {
@@ -743,6 +857,8 @@ static int common_row(const Contract *contract, const unsigned char *line, const
         out[row_texts[i][0]] =
             text.text != NULL && !SAME(text, "\"\"") ? unquoted(text) : (Piece){NULL, 0};
     }
+    out[R_CATEGORY] =
+        category.text != NULL && !SAME(category, "\"\"") ? unquoted(category) : (Piece){NULL, 0};
     out[R_MESSAGE_ID] = unquoted(v[F_MESSAGE_ID]);
     out[R_TYPE] = kind;
     out[R_EVENT] = event;
@@ -754,10 +870,12 @@ static int common_row(const Contract *contract, const unsigned char *line, const
     out[R_TRAITS] = traits.text != NULL && !SAME(traits, "{}") ? traits : (Piece){NULL, 0};
     row->other_identifier = (unsigned char)other;
     row->has_revenue = 1;
-    if (revenue.text != NULL)
-        row->revenue = number_value(revenue);
+    if (amount.text != NULL)
+        row->revenue = number_value(amount);
     else if (price.text != NULL)
         row->revenue = number_value(price) * (quantity.text != NULL ? number_value(quantity) : 1.0);
+    else if (product_totals > 0)
+        row->revenue = products_sum;
     else
         row->has_revenue = 0;
     return CLAIMED;
@@ -784,6 +902,7 @@ static const char scan_doc[] =
 
 typedef struct {
     Py_ssize_t lines, paths, needles;
+    Py_ssize_t stride; /* paths read per line: the column paths, then the contract's extra ones */
     const unsigned char *data;
     const void *offsets;
     int wide;
@@ -816,10 +935,10 @@ static void scan_all(Job *job) {
                  .needle_count = job->needles};
     for (Py_ssize_t i = 0; i < job->lines; i++) {
         Py_ssize_t a = line_start(job, i), b = line_start(job, i + 1), row = job->scanned;
-        scan.starts = job->starts + row * job->paths;
-        scan.lengths = job->lengths + row * job->paths;
+        scan.starts = job->starts + row * job->stride;
+        scan.lengths = job->lengths + row * job->stride;
         scan.found = job->found + row * job->needles;
-        int category = scan_line(&scan, (int)job->paths, job->data + a, b - a);
+        int category = scan_line(&scan, (int)job->stride, job->data + a, b - a);
         if (category == SCANNED && job->contract != NULL) {
             Row *out = &job->rows[job->claimed];
             category = common_row(job->contract, job->data + a, scan.starts, scan.lengths,
@@ -890,8 +1009,8 @@ static void copy_all(const Job *job, Column *columns, unsigned char **mentions) 
     for (Py_ssize_t i = 0; i < job->lines; i++) {
         if (job->categories[i] != SCANNED) continue;
         const unsigned char *line = job->data + line_start(job, i);
-        const int32_t *starts = job->starts + row * job->paths;
-        const int32_t *lengths = job->lengths + row * job->paths;
+        const int32_t *starts = job->starts + row * job->stride;
+        const int32_t *lengths = job->lengths + row * job->stride;
         for (Py_ssize_t p = 0; p < job->paths; p++) {
             Column *column = &columns[p];
             if (starts[p] >= 0) {
@@ -970,17 +1089,24 @@ static int texts_of(PyObject *list, Text *texts, int *count, int optional) {
     return 0;
 }
 
-/* features.vectorised._scan_contract(): (fields, canonical names, their implied channels,
- * channel-specific flags (bytes), kinds, their event names, channels, app device types, rare
- * property keys, needle index of "device", of "context"). */
+/* features.vectorised._scan_contract(): (extra paths, fields, canonical names, their implied
+ * channels, channel-specific flags (bytes), kinds, their event names, channels, app device
+ * types, rare property keys, needle index of "device", of "context"). */
 static int contract_of(PyObject *tuple, Py_ssize_t paths, Py_ssize_t needles, Contract *contract) {
-    PyObject *fields, *canonical, *implied, *kinds, *kind_names, *channels, *app_types, *rare;
+    PyObject *extra, *fields, *canonical, *implied, *kinds, *kind_names, *channels, *app_types;
+    PyObject *rare;
     const char *specific;
     Py_ssize_t specific_length;
-    if (!PyArg_ParseTuple(tuple, "OOOy#OOOOOii", &fields, &canonical, &implied, &specific,
-                          &specific_length, &kinds, &kind_names, &channels, &app_types, &rare,
-                          &contract->mention_device, &contract->mention_context))
+    if (!PyArg_ParseTuple(tuple, "OOOOy#OOOOOii", &extra, &fields, &canonical, &implied,
+                          &specific, &specific_length, &kinds, &kind_names, &channels, &app_types,
+                          &rare, &contract->mention_device, &contract->mention_context))
         return -1;
+    if (!PyList_Check(extra) || paths + PyList_GET_SIZE(extra) > MAX_PATHS) {
+        PyErr_SetString(PyExc_ValueError, "contract: too many paths");
+        return -1;
+    }
+    if (texts_of(extra, contract->extra_paths, &contract->extra_count, 0) != 0) return -1;
+    paths += contract->extra_count;
     if (!PyList_Check(fields) || PyList_GET_SIZE(fields) != FIELD_COUNT) {
         PyErr_SetString(PyExc_ValueError, "contract fields: one path index per row field");
         return -1;
@@ -1073,10 +1199,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             goto done;
         }
     }
-    if (build_tree(&tree, texts, text_lengths, (int)job.paths) != 0) {
-        PyErr_SetString(PyExc_ValueError, "paths must read $.key.key... (each once)");
-        goto done;
-    }
+    job.stride = job.paths;
     if (contract_tuple != Py_None) {
         if (!PyTuple_Check(contract_tuple)) {
             PyErr_SetString(PyExc_TypeError, "contract must be a tuple or None");
@@ -1084,6 +1207,14 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         }
         if (contract_of(contract_tuple, job.paths, job.needles, &contract) != 0) goto done;
         job.contract = &contract;
+        for (int e = 0; e < contract.extra_count; e++) {
+            texts[job.stride] = contract.extra_paths[e].text;
+            text_lengths[job.stride++] = contract.extra_paths[e].length;
+        }
+    }
+    if (build_tree(&tree, texts, text_lengths, (int)job.stride) != 0) {
+        PyErr_SetString(PyExc_ValueError, "paths must read $.key.key... (each once)");
+        goto done;
     }
     job.lines = offsets_view.len / width - 1;
     job.data = data_view.buf;
@@ -1103,8 +1234,8 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     if (categories == NULL) goto done;
     job.categories = (unsigned char *)PyBytes_AS_STRING(categories);
     size_t lines = (size_t)(job.lines ? job.lines : 1);
-    job.starts = PyMem_RawMalloc(lines * (size_t)(job.paths + 1) * sizeof(int32_t));
-    job.lengths = PyMem_RawMalloc(lines * (size_t)(job.paths + 1) * sizeof(int32_t));
+    job.starts = PyMem_RawMalloc(lines * (size_t)(job.stride + 1) * sizeof(int32_t));
+    job.lengths = PyMem_RawMalloc(lines * (size_t)(job.stride + 1) * sizeof(int32_t));
     job.found = PyMem_RawMalloc(lines * (size_t)(job.needles + 1));
     job.totals = PyMem_RawCalloc((size_t)job.paths + 1, sizeof(Py_ssize_t));
     if (job.contract != NULL) job.rows = PyMem_RawMalloc(lines * sizeof(Row));

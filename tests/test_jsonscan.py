@@ -7,7 +7,8 @@ always allowed (the line takes the SQL path). The common query's rows are then t
 and without the scanner (tests/test_vectorised.py holds those rows to the reference).
 
 Its row builder may only claim a scanned line that the common query (on the scanner's columns)
-claims, with that query's row, and may only leave lines the query does not claim.
+claims with that query's row, or (identify messages, products, total or value, which the query
+leaves) with the reference's row; and may only leave lines the query does not claim.
 """
 
 from __future__ import annotations
@@ -18,13 +19,20 @@ import struct
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_vectorised import _LINES, _common_line, _lines, _random_line
+from test_vectorised import (
+    _LINES,
+    _common_line,
+    _lines,
+    _random_line,
+    assert_rows_equal_reference,
+)
 
 from features import vectorised
-from features.contract import CANONICAL_EVENTS
+from features.contract import CANONICAL_EVENTS, NormaliseOptions
 from features.vectorised import VALUE_PATHS, common_shape_rows, scan_lines
 
 pytestmark = pytest.mark.skipif(vectorised._jsonscan is None, reason="features._jsonscan not built")
@@ -242,16 +250,27 @@ def test_hypothesis_lines(raws: list[str]) -> None:
 
 
 def test_common_rows_are_the_same_without_the_scanner(monkeypatch) -> None:
-    """The common query's rows on the scanner's columns equal its rows on the raw JSON."""
-    rng = random.Random(8)
+    """The common query's rows on the scanner's columns (or built by it) equal its rows on the
+    raw JSON; the lines only the row builder claims have the reference's rows."""
+    _check_common_rows(8, lambda: monkeypatch.setattr(vectorised, "_jsonscan", None))
+
+
+def _check_common_rows(seed: int, without_it) -> None:
+    """common_shape_rows on generated lines, then again after ``without_it()``: the rows the
+    second run claims are the same in the first; the first's others are the reference's."""
+    rng = random.Random(seed)
     raws = [_common_line(rng) for _ in range(1500)] + [_random_line(rng) for _ in range(1500)]
     rng.shuffle(raws)
     lines = pa.Table.from_batches(_lines(raws).to_batches(max_chunksize=700))
-    with_scanner = common_shape_rows(lines)
-    monkeypatch.setattr(vectorised, "_jsonscan", None)
+    built = common_shape_rows(lines)
+    without_it()
     without = common_shape_rows(lines)
-    assert with_scanner.num_rows > 500
-    assert with_scanner.equals(without)
+    assert without.num_rows > 500
+    queried = pc.is_in(built.column("position"), without.column("position"))
+    assert built.filter(queried).equals(without)
+    beyond = built.filter(pc.invert(queried))
+    assert beyond.num_rows > 50  # identify, products, total, value
+    assert_rows_equal_reference(beyond, raws, NormaliseOptions())
 
 
 def test_sliced_and_large_string_chunks() -> None:
@@ -323,9 +342,14 @@ def check_rows(connection: duckdb.DuckDBPyConnection, raws: list[str]) -> list[i
             assert position not in by_query, f"left a line the query claims: {raws[position - 1]}"
     claimed = [p for p, verdict in enumerate(verdicts.tolist(), start=1) if verdict == CLAIMED]
     assert built.column("position").to_pylist() == claimed
+    # Lines beyond the common shape (identify, products, total, value): the reference's rows.
+    beyond = built.filter(pa.array([p not in by_query for p in claimed], pa.bool_()))
+    options = NormaliseOptions()
+    assert_rows_equal_reference(vectorised._with_phones(beyond, options), raws, options)
     for row in built.to_pylist():
         raw = raws[row["position"] - 1]
-        assert row["position"] in by_query, f"claimed a line the query does not: {raw}"
+        if row["position"] not in by_query:
+            continue
         expected = by_query[row["position"]]
         differences = [
             (name, expected[name], row[name])
@@ -365,7 +389,16 @@ _ROW_CASES = {
     "plain": (_message(), CLAIMED),
     "page": (_message(type="page", event=_ABSENT), CLAIMED),
     "screen": (_message(type="screen"), CLAIMED),
-    "identify": (_message(type="identify"), LEFT),
+    "identify": (_message(type="identify", traits={"email": "A@b.co", "x": 1}), CLAIMED),
+    "identify without traits": (_message(type="identify"), CLAIMED),
+    "identify with nested traits": (_message(type="identify", traits={"a": {"b": 1}}), LEFT),
+    "identify with a traits phone": (
+        _message(
+            type="identify", userId=_ABSENT, context=_ABSENT, traits={"phone": "+447911123456"}
+        ),
+        CLAIMED,
+    ),
+    "alias": (_message(type="alias", previousId="p-1"), LEFT),
     "a capitalised type": (_message(type="Track"), LEFT),
     "a custom event": (_message(event="Custom Thing"), LEFT),
     "no event": (_message(event=_ABSENT), LEFT),
@@ -383,13 +416,41 @@ _ROW_CASES = {
     "a batch": (_message(batch=[]), LEFT),
     "nested properties": (_message(properties={"a": {"b": 1}}), LEFT),
     "a brace in a property": (_message(properties={"a": "x{y"}), LEFT),
-    "products": (_message(properties={"products": []}), LEFT),
-    "a rare key": (_message(properties={"total": 5}), LEFT),
+    "no products": (_message(properties={"products": []}), CLAIMED),
+    "products": (
+        _message(
+            properties={
+                "products": [{"price": 2.5, "quantity": 2, "category": "Bags"}, {"price": 1}]
+            }
+        ),
+        CLAIMED,
+    ),
+    "three products": (_message(properties={"products": [{"price": 1}] * 3}), LEFT),
+    "a product with a null price": (
+        _message(properties={"products": [{"price": None}, {"price": 3, "quantity": None}]}),
+        CLAIMED,
+    ),
+    "a product with a text price": (_message(properties={"products": [{"price": "3"}]}), LEFT),
+    "a product that is not an object": (_message(properties={"products": [1]}), LEFT),
+    "products that are not an array": (_message(properties={"products": "x"}), LEFT),
+    "a nested product": (_message(properties={"products": [{"a": {"b": 1}}]}), LEFT),
+    "a category beside products": (
+        _message(properties={"category": "Shoes", "products": [{"category": "Bags"}]}),
+        CLAIMED,
+    ),
+    "a numeric first category": (_message(properties={"products": [{"category": 5}]}), LEFT),
+    "total": (_message(properties={"total": 5, "value": "x"}), CLAIMED),
+    "a null revenue, then value": (_message(properties={"revenue": None, "value": 7}), CLAIMED),
+    "revenue before products": (
+        _message(properties={"revenue": 3, "products": [{"price": 1}]}),
+        CLAIMED,
+    ),
+    "a rare key": (_message(properties={"sku": "s"}), LEFT),
     "rare keys as values": (
         _message(properties={"tags": ["email", "total"], "a": "value"}),
         CLAIMED,
     ),
-    "a longer key": (_message(properties={"emails": 1, "xtotal": 2}), CLAIMED),
+    "a longer key": (_message(properties={"emails": 1, "skus": 2}), CLAIMED),
     "empty properties": (_message(properties={}), CLAIMED),
     "no properties": (_message(properties=_ABSENT), CLAIMED),
     "null properties": (_message(properties=None), LEFT),
@@ -462,14 +523,13 @@ def test_row_builder_on_generated_lines(connection) -> None:
 
 
 def test_common_rows_are_the_same_without_the_row_builder(monkeypatch) -> None:
-    rng = random.Random(9)
-    raws = [_common_line(rng) for _ in range(1500)] + [_random_line(rng) for _ in range(1500)]
-    rng.shuffle(raws)
-    lines = pa.Table.from_batches(_lines(raws).to_batches(max_chunksize=700))
-    built = common_shape_rows(lines)
     scan = vectorised.scan_lines
-    monkeypatch.setattr(vectorised, "scan_lines", lambda lines: scan(lines, build_rows=False))
-    assert built.equals(common_shape_rows(lines))
+    _check_common_rows(
+        9,
+        lambda: monkeypatch.setattr(
+            vectorised, "scan_lines", lambda lines: scan(lines, build_rows=False)
+        ),
+    )
 
 
 def _timestamp_texts() -> st.SearchStrategy:
