@@ -161,6 +161,11 @@ static int plain_and_screened(const unsigned char *line, Py_ssize_t length) {
 /* --- The parser: strict, compact JSON that yyjson writes back unchanged ---------------------- */
 
 typedef struct {
+    unsigned char length, verdict; /* length 0: empty */
+    char text[30];
+} NumberMemo;
+
+typedef struct {
     const Tree *tree;
     const unsigned char *line, *end;
     int32_t *starts;  /* per path: the value's offset in the line, -1 when absent */
@@ -170,6 +175,9 @@ typedef struct {
     Py_ssize_t needle_count;
     unsigned char *found; /* per needle: the line contains it */
     int skipped;          /* proof found that kairos_plain_line or kairos_screened is false */
+    /* shortest_digits() verdicts on 16- and 17-digit decimals (printf and strtod, ~1 µs), by
+     * their text: a value that repeats (a rate, a score) is checked once a scan */
+    NumberMemo memo[64];
 } Scan;
 
 /* Bytes inside a string that string() looks at; the others are skipped in a tight loop. */
@@ -260,7 +268,7 @@ static int shortest_digits(double x, const char *digits, int n) {
  *   notation and integral values as "d.0"), at least 1e-6 in magnitude or zero (below, yyjson
  *   writes an exponent), no trailing zero after the point unless the fraction is "0", and the
  *   significant digits yyjson would choose (shortest_digits). */
-static const unsigned char *number(const unsigned char *p, const unsigned char *end) {
+static const unsigned char *number(Scan *scan, const unsigned char *p, const unsigned char *end) {
     const unsigned char *start = p;
     if (p < end && *p == '-') p++;
     const unsigned char *integer = p;
@@ -293,14 +301,25 @@ static const unsigned char *number(const unsigned char *p, const unsigned char *
         while (fraction[zeros] == '0') zeros++;
         if (zeros > 5) return NULL;
     }
-    char text[96];
+    if (n <= 15) return p; /* shortest_digits() needs no value for these */
+    if (n > 17) return NULL;
     Py_ssize_t length = p - integer;
-    if (length >= (Py_ssize_t)sizeof text) return NULL;
+    unsigned hash = 2166136261u; /* FNV-1a */
+    for (Py_ssize_t i = 0; i < length; i++) hash = (hash ^ integer[i]) * 16777619u;
+    NumberMemo *memo = &scan->memo[hash % 64];
+    if (memo->length == length && memcmp(memo->text, integer, (size_t)length) == 0)
+        return memo->verdict ? p : NULL;
+    char text[96];
+    if (length < 0 || length >= (Py_ssize_t)sizeof text) return NULL;
     memcpy(text, integer, (size_t)length);
     text[length] = '\0';
-    double x = strtod(text, NULL);
-    if (!shortest_digits(x, digits, n)) return NULL;
-    return p;
+    int verdict = shortest_digits(strtod(text, NULL), digits, n);
+    if (length <= (Py_ssize_t)sizeof memo->text) {
+        memo->length = (unsigned char)length;
+        memo->verdict = (unsigned char)verdict;
+        memcpy(memo->text, integer, (size_t)length);
+    }
+    return verdict ? p : NULL;
 }
 
 static const unsigned char *object(Scan *scan, const unsigned char *p, int node, int depth) {
@@ -380,7 +399,7 @@ static const unsigned char *value(Scan *scan, const unsigned char *p, int node, 
         case 'n':
             return literal(p, end, "null", 4);
         default:
-            return number(p, end);
+            return number(scan, p, end);
     }
 }
 
