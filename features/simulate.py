@@ -60,7 +60,9 @@ dormant (0) / browsing (1) / ready (2): up moves (0->1 0.04, 0->2 0.004, 1->2 0.
 multiplied by the person's intent_propensity and by 4 the night after any click or tap; down
 moves are 1->0 0.25, 2->0 0.20, 2->1 0.30. One order a day at most, with
 ``hazard = min(0.9, (0.0005, 0.01, 0.15)[state] * purchase_propensity)``; orders do not feed
-back into the chain, so P(order in [a, a+H)) = 1 - prod(1 - hazard[a:a+H]) exactly. Sessions
+back into the chain, so P(order in [a, a+H)) = 1 - prod(1 - hazard[a:a+H]) exactly, given the
+path the chain took (``present_conversion_probability`` runs the chain forward from the state
+of day a - 1 instead: what can be known at the cutoff). Sessions
 (0.015 / 0.25 / 0.7 a day by state, times browse_activity) start at an hour drawn from the same
 hour-of-week preference, so purchase-only logs carry timing signal, and produce page/screen
 views, ``Product List Viewed``, ``Product Viewed`` (product_id, category, price), ``Product
@@ -106,12 +108,17 @@ The parquet schema metadata ``kairos.simulation`` holds the arguments and the fu
 
 from features.simulator.config import SimulationConfig
 from features.simulator.run import DEFAULT_START, SimulationSummary, simulate
-from features.simulator.truth import true_conversion_probability, true_engagement_probability
+from features.simulator.truth import (
+    present_conversion_probability,
+    true_conversion_probability,
+    true_engagement_probability,
+)
 
 __all__ = [
     "DEFAULT_START",
     "SimulationConfig",
     "SimulationSummary",
+    "present_conversion_probability",
     "simulate",
     "true_conversion_probability",
     "true_engagement_probability",

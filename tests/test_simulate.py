@@ -17,12 +17,14 @@ import pytest
 from features.simulate import (
     DEFAULT_START,
     SimulationConfig,
+    present_conversion_probability,
     simulate,
     true_conversion_probability,
     true_engagement_probability,
 )
 from features.simulator import messaging
 from features.simulator.model import transition_thresholds
+from training.metrics import roc_auc
 
 CUSTOMERS, DAYS, SEED = 500, 21, 11
 
@@ -515,6 +517,49 @@ def test_true_conversion_probability_matches_realised_orders(world: World) -> No
         true_conversion_probability(world.truth, 0, 0)
     with pytest.raises(ValueError, match="lacks column"):
         true_conversion_probability(world.truth.drop(columns="daily_purchase_hazard"), 0, 1)
+
+
+def test_present_conversion_probability_runs_the_chain_from_the_day_before() -> None:
+    config = SimulationConfig(purchase_hazard=(0.0, 0.1, 0.5))
+    truth = pd.DataFrame(
+        {
+            "daily_state": [[2, 0, 0], [1, 0, 0], [1, 0, 0]],
+            "daily_clicks": [[0, 0, 0], [0, 0, 0], [3, 0, 0]],
+            "intent_propensity": [1.0, 1.0, 1.0],
+            "purchase_propensity": [1.0, 1.0, 1.0],
+        }
+    )
+    # Ready on day 0: day 1 is dormant / browsing / ready with 0.2 / 0.3 / 0.5, and no order
+    # with 1 / 0.9 / 0.5. Browsing: 0.25 / 0.65 / 0.1, or 0.25 / 0.35 / 0.4 after a click
+    # (moves up x4).
+    one_day = present_conversion_probability(truth, 1, 1, config)
+    np.testing.assert_allclose(one_day, [0.28, 0.115, 0.235], rtol=1e-6)
+    # Two days: the ready person's (0.2, 0.27, 0.25) moves on with the unlifted chain.
+    two_days = present_conversion_probability(truth, 1, 2, config)
+    assert two_days[0] == pytest.approx(1 - (0.3087 + 0.2585 * 0.9 + 0.1528 * 0.5), rel=1e-6)
+    assert (two_days > one_day).all()
+    with pytest.raises(ValueError, match=r"window \[0, 1\) must lie within"):
+        present_conversion_probability(truth, 0, 1, config)
+    with pytest.raises(ValueError, match=r"window \[2, 4\) must lie within"):
+        present_conversion_probability(truth, 2, 2, config)
+    with pytest.raises(ValueError, match="lacks column"):
+        present_conversion_probability(truth.drop(columns="daily_clicks"), 1, 1, config)
+
+
+def test_present_conversion_probability_is_calibrated_and_below_the_realised_path(
+    world: World,
+) -> None:
+    """Knowing the present, not the path: as many orders expected as happened (up to the
+    lift of future clicks it leaves out), and a lower AUC than the path's probability."""
+    orders = np.stack(world.truth["daily_orders"].to_numpy())
+    present = np.concatenate(
+        [present_conversion_probability(world.truth, d, 7, SimulationConfig()) for d in (7, 14)]
+    )
+    realised = np.concatenate([true_conversion_probability(world.truth, d, 7) for d in (7, 14)])
+    ordered = np.concatenate([orders[:, d : d + 7].max(axis=1) for d in (7, 14)])
+    assert ((present > 0) & (present < 1)).all()
+    assert abs(ordered.sum() - present.sum()) < 4 * np.sqrt((present * (1 - present)).sum())
+    assert roc_auc(ordered, present) < roc_auc(ordered, realised)
 
 
 # --- dirty records ---------------------------------------------------------------------------

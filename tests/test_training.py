@@ -73,14 +73,26 @@ def test_one_epoch_smoke_with_every_baseline_on_the_same_split(world) -> None:
     assert result.trained.examples_per_second > 0
     table = result.evaluation.table()
     intent = table[table["section"] == "intent"]
-    assert {"sequence_model", "lightgbm", "recency_frequency", "recency", "oracle"} <= set(
-        intent["model"]
-    )
+    assert {
+        "sequence_model",
+        "lightgbm",
+        "recency_frequency",
+        "recency",
+        "oracle",
+        "oracle_present",
+    } <= set(intent["model"])
     for metric in ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "top_decile_lift"):
         row = intent[(intent["model"] == "sequence_model") & (intent["metric"] == metric)]
         assert len(row) == 1 and np.isfinite(row["value"].iloc[0])
-    # every intent row is evaluated on the same test profiles
-    assert intent[intent["model"] != "oracle"]["n"].nunique() == 1
+    # every intent row is evaluated on the same test profiles (the oracles on the known people)
+    known = intent["model"].str.startswith("oracle") | (
+        intent["metric"] == "roc_auc_minus_oracle_present"
+    )
+    assert intent[~known]["n"].nunique() == 1
+    assert intent[known]["n"].nunique() == 1
+    assert np.isfinite(
+        result.evaluation.value("intent", "sequence_model", "roc_auc_minus_oracle_present")
+    )
     assert set(table["section"]) >= {"engagement", "send_time_ips", "send_time_truth"}
     truth_rows = table[table["section"] == "send_time_truth"]
     assert {"oracle", "global_best_hour", "most_frequent_engagement_hour"} <= set(
@@ -171,6 +183,8 @@ def test_train_cli_logs_everything_to_mlflow_and_scores_with_the_champion(world,
             "optim.epochs=2",
             "--truth",
             str(world["truth"]),
+            "--experiment",
+            "elsewhere",  # evaluate below must write into this run's experiment
             "--json",
             *args,
         ],
@@ -235,12 +249,15 @@ def test_train_cli_logs_everything_to_mlflow_and_scores_with_the_champion(world,
     assert set(frame["model_version"]) == {"kairos/1"}
     assert set(frame["engagement_tier"]) <= {"high", "medium", "low", "unreachable"}
 
-    # evaluate (default: the champion's run) writes the table into that run
+    # evaluate (default: the champion's run) writes the table into that run, in its experiment
     result = runner.invoke(app, ["evaluate", "--json", *args])
     assert result.exit_code == 0, result.output
     evaluated = json.loads(result.stdout)
     assert evaluated["run_id"] == summary["run_id"]
     assert any(m["section"] == "send_time_truth" for m in evaluated["metrics"])  # truth reused
+    assert "kairos.evaluated_at" in client.get_run(summary["run_id"]).data.tags
+    result = runner.invoke(app, ["evaluate", "--run", "0" * 32, *args])
+    assert result.exit_code != 0 and "no run 00000000" in result.output
 
 
 def test_champion_alias_moves_only_on_improvement(tmp_path: Path) -> None:

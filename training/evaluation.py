@@ -113,12 +113,16 @@ def evaluate(
     if truth is not None:
         rows = truth.person_rows(test.profiles["label_profile_id"].to_numpy())
         cutoffs = test.profiles["cutoff"].to_numpy()
-        oracle = np.full(len(test), np.nan)
+        # "oracle" knows each person's future intent path, "oracle_present" only their state
+        # before the cutoff: the ceiling of a model that reads the past.
+        oracle, present = np.full(len(test), np.nan), np.full(len(test), np.nan)
         for cutoff in np.unique(cutoffs):
             at = pd.Timestamp(cutoff).to_pydatetime()
             where = cutoffs == cutoff
             oracle[where] = truth.conversion_probability(rows[where], at, horizon_days)
+            present[where] = truth.present_conversion_probability(rows[where], at, horizon_days)
         scores["oracle"] = oracle
+        scores["oracle_present"] = present
     _intent_section(result, "intent", y, scores, resamples, seed)
     if truth is not None and rows is not None:
         kinds = truth.identifier_kinds(test.profiles["label_profile_id"].to_numpy())
@@ -164,6 +168,13 @@ def _intent_section(
                 continue
             difference = paired_difference(roc_auc, y, p, scores["lightgbm"], resamples, seed)
             result.add(section, name, "roc_auc_minus_lightgbm", difference, len(y))
+    if "oracle_present" in scores and MODEL in scores:  # how far below the causal ceiling
+        present = scores["oracle_present"]
+        known = np.isfinite(present)
+        difference = paired_difference(
+            roc_auc, y[known], scores[MODEL][known], present[known], resamples, seed
+        )
+        result.add(section, MODEL, "roc_auc_minus_oracle_present", difference, int(known.sum()))
 
 
 def _engagement_section(

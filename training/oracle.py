@@ -2,7 +2,9 @@
 
 A profile is mapped to the true person its identifier belongs to (an identifier shared by
 several people maps to none). The oracle then gives the exact probabilities the simulator drew
-against: P(order within the horizon) and P(engage | send on channel c at hour h).
+against: P(order within the horizon) and P(engage | send on channel c at hour h). For intent
+there are two: the realised one knows the person's future intent path, the present one only
+their state before the cutoff (the ceiling of any model that reads the past).
 """
 
 from __future__ import annotations
@@ -16,10 +18,15 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from features.simulator.config import SimulationConfig
 from training.model import CHANNELS, HOURS_PER_WEEK
 
 _IDENTIFIER_COLUMNS = ("user_id", "emails", "phones", "anonymous_ids", "device_ids")
 _TRUTH_COLUMNS = (
+    "daily_state",
+    "daily_clicks",
+    "intent_propensity",
+    "purchase_propensity",
     "person_id",
     *_IDENTIFIER_COLUMNS,
     "hour_of_week_preference",
@@ -44,6 +51,7 @@ class SimulatorTruth:
     days: int
     identifier_person: dict[str, int]  # identifier value -> row of ``truth`` (unique only)
     identifier_type: dict[str, str]  # identifier value -> its truth column
+    config: SimulationConfig  # the simulation's rates
 
     @classmethod
     def load(cls, path: Path) -> SimulatorTruth:
@@ -72,7 +80,10 @@ class SimulatorTruth:
                         owners.setdefault(item, set()).add(row)
                         kinds[item] = column
         unique = {value: next(iter(rows)) for value, rows in owners.items() if len(rows) == 1}
-        return cls(truth, start, int(metadata["days"]), unique, kinds)
+        config = SimulationConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in metadata["config"].items()}
+        )
+        return cls(truth, start, int(metadata["days"]), unique, kinds, config)
 
     def add_profiles(self, identifiers: pd.DataFrame) -> None:
         """Map identity-resolved profiles to true people too, from (profile_id, identifier) rows:
@@ -112,6 +123,18 @@ class SimulatorTruth:
         day = self.day_of(cutoff)
         horizon = min(horizon_days, self.days - day)
         p = true_conversion_probability(self.truth, day, horizon)
+        return np.where(rows >= 0, p[np.maximum(rows, 0)], np.nan)
+
+    def present_conversion_probability(
+        self, rows: np.ndarray, cutoff: datetime, horizon_days: int
+    ) -> np.ndarray:
+        """Like ``conversion_probability``, knowing each person's intent state and clicks
+        before the cutoff but not their future path (NaN for row -1)."""
+        from features.simulate import present_conversion_probability
+
+        day = self.day_of(cutoff)
+        horizon = min(horizon_days, self.days - day)
+        p = present_conversion_probability(self.truth, day, horizon, self.config)
         return np.where(rows >= 0, p[np.maximum(rows, 0)], np.nan)
 
     def engagement_curves(self, rows: np.ndarray, cutoff: datetime) -> np.ndarray:

@@ -346,6 +346,13 @@ def run_evaluation(
             raise LookupError(
                 "no champion model yet; run `kairos train` first or pass --run RUN_ID"
             ) from error
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException as error:
+        raise LookupError(f"no run {run_id} in the workspace's MLflow store") from error
+    # The table goes into the run's own experiment, whatever ``experiment`` says (a run trained
+    # by the benchmarks lives in "bench").
+    mlflow.set_experiment(experiment_id=run.info.experiment_id)
     config, params = registry.config_from_run(run_id)
     until = datetime.fromisoformat(params["kairos.until"])
     if truth_path is None and params.get("kairos.truth"):

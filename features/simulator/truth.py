@@ -2,7 +2,8 @@
 
 The columns are documented in ``features.simulate``. ``true_engagement_probability`` and
 ``true_conversion_probability`` are pure functions of the table that reproduce the exact
-probabilities the simulator drew against.
+probabilities the simulator drew against. ``present_conversion_probability`` is the ceiling of a
+predictor that knows each person's past, latent state included, but not their future.
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ import pandas as pd
 import pyarrow as pa
 
 from features.simulator.config import CHANNELS, DEVICE_TYPES, HOURS_PER_WEEK, SimulationConfig
-from features.simulator.model import engagement_probability
+from features.simulator.model import (
+    engagement_probability,
+    purchase_hazard,
+    transition_thresholds,
+)
 from features.simulator.world import NO_ACCOUNT, World
 
 
@@ -256,6 +261,61 @@ def true_conversion_probability(
             f"days [0, {days})"
         )
     return 1.0 - np.prod(1.0 - hazard[:, day_from : day_from + horizon_days], axis=1)
+
+
+def present_conversion_probability(
+    truth: pd.DataFrame, day_from: int, horizon_days: int, config: SimulationConfig
+) -> np.ndarray:
+    """P(at least one order on days [day_from, day_from + horizon_days)) knowing each person's
+    intent state and clicks up to day ``day_from - 1``, but not what follows.
+
+    ``true_conversion_probability`` multiplies the hazards of the intent path that was drawn, so
+    it also knows every future move of the chain (a browser who turns ready on day 3 of the
+    window). Here the chain is run forward from the state of the last day before the window:
+    the probability that no order happens is propagated over (state, no order yet). The day
+    before's clicks lift the first move up as in the simulator; later clicks answer sends not
+    drawn yet, so their lift is left out, which makes this slightly low for people about to
+    click. ``config`` is the simulation's (``kairos.simulation`` in the truth file's metadata).
+    """
+    _require_columns(
+        truth, ("daily_state", "daily_clicks", "intent_propensity", "purchase_propensity")
+    )
+    states = _matrix(truth["daily_state"], np.int64)
+    days = states.shape[1]
+    if horizon_days < 1:
+        raise ValueError(f"horizon_days must be at least 1, got {horizon_days}")
+    if day_from < 1 or day_from + horizon_days > days:
+        raise ValueError(
+            f"window [{day_from}, {day_from + horizon_days}) must lie within the simulated days"
+            f" [1, {days}): the state of the day before it is the starting point"
+        )
+    n = len(truth)
+    intent_propensity = truth["intent_propensity"].to_numpy(np.float64)
+    purchase_propensity = truth["purchase_propensity"].to_numpy(np.float64)
+    every_state = [np.full(n, state, dtype=np.int8) for state in range(3)]
+    no_order = np.stack(
+        [1.0 - purchase_hazard(state, purchase_propensity, config) for state in every_state],
+        axis=1,
+    )  # (N, 3): P(no order on a day spent in each state)
+
+    def moves(clicked: np.ndarray) -> np.ndarray:  # (N, 3 from, 3 to)
+        rows = []
+        for state in every_state:
+            stay_low, stay_mid = transition_thresholds(state, intent_propensity, clicked, config)
+            rows.append(np.stack([stay_low, stay_mid - stay_low, 1.0 - stay_mid], axis=1))
+        return np.stack(rows, axis=1)
+
+    # P(in state k on the day, no order before it), starting from the known state of the day
+    # before the window.
+    alive = np.zeros((n, 3))
+    alive[np.arange(n), states[:, day_from - 1]] = 1.0
+    clicked = _matrix(truth["daily_clicks"], np.int64)[:, day_from - 1] > 0
+    step = moves(clicked)
+    for day in range(horizon_days):
+        alive = np.einsum("nk,nkj->nj", alive, step) * no_order
+        if day == 0:
+            step = moves(np.zeros(n, dtype=bool))
+    return 1.0 - alive.sum(axis=1)
 
 
 def _matrix(column: pd.Series, dtype: type) -> np.ndarray:
