@@ -76,6 +76,9 @@ _VECTORISED_BLOCKS_AHEAD = 3
 # there are this many: planning it costs ~0.11 s of CPU, so a few thousand odd lines cost less
 # in the reference path (measured on a 32 MB simulated block, 3% left: 0.88x the CPU per event).
 _GENERAL_QUERY_MIN_LINES = 10_000
+# Up to this many reference rows of a block are spliced into its claimed rows; more are sorted
+# in (see _merged_by_position).
+_SPLICED_ROWS = 1_000
 
 
 class InputError(Exception):
@@ -302,11 +305,31 @@ def _normalise_chunk_vectorised(
         if rows:
             events = _events_table(rows)
             events = events.add_column(0, "position", pa.array(row_positions, pa.int64()))
-            merged = pa.concat_tables([piece_claimed, events]).sort_by("position")  # stable
+            merged = _merged_by_position(piece_claimed, events)
         else:
             merged = piece_claimed
         pieces.append((merged.drop_columns(["position"]), _dead_letter_table(dead), read))
     return pieces
+
+
+def _merged_by_position(claimed: pa.Table, events: pa.Table) -> pa.Table:
+    """Two tables in ``position`` order (no position in both) as one table in that order.
+
+    A few rows (the lines the reference normalised) are spliced in between slices of the
+    others and the result copied once into one chunk: 15 against 33 ms of CPU for sorting the
+    concatenation, measured on a 32 MB simulated block with 59 such rows. One chunk, because
+    the store appends a table of hundreds of slices more slowly than the copy costs."""
+    if events.num_rows > _SPLICED_ROWS:
+        return pa.concat_tables([claimed, events]).sort_by("position")
+    cuts = np.searchsorted(
+        claimed.column("position").to_numpy(), events.column("position").to_numpy()
+    ).tolist()
+    parts, start = [], 0
+    for row, cut in enumerate(cuts):
+        parts += [claimed.slice(start, cut - start), events.slice(row, 1)]
+        start = cut
+    parts.append(claimed.slice(start))
+    return pa.concat_tables(parts).combine_chunks()
 
 
 def _normalise_numbered_lines(

@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from features import ingest
 from features.contract import NormaliseOptions
 from features.ingest import IngestOptions, InputError, ingest_file
 from features.store import EventStore
@@ -463,3 +465,33 @@ def test_the_c_scanner_is_built() -> None:
     from features import vectorised
 
     assert vectorised._jsonscan is not None, "features._jsonscan is not built: run `make install`"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    positions=st.sets(st.integers(0, 400), max_size=120),
+    spliced=st.sampled_from([0, 5, 1_000]),
+    data=st.data(),
+)
+def test_merged_by_position_is_the_stable_sort(positions, spliced, data) -> None:
+    """Spliced or sorted, two position-ordered tables merge into the order a sort gives."""
+    ordered = sorted(positions)
+    taken = data.draw(st.sets(st.sampled_from(ordered))) if ordered else set()
+
+    def table(rows: list[int]) -> pa.Table:
+        return pa.table(
+            {
+                "position": pa.array(rows, pa.int64()),
+                "text": pa.array([f"row {row}" for row in rows], pa.string()),
+            }
+        )
+
+    claimed = table([p for p in ordered if p not in taken])
+    claimed = pa.Table.from_batches(claimed.to_batches(max_chunksize=7), schema=claimed.schema)
+    events = table([p for p in ordered if p in taken])
+    expected = pa.concat_tables([claimed, events]).sort_by("position")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ingest, "_SPLICED_ROWS", spliced)
+        merged = ingest._merged_by_position(claimed, events)
+    assert merged.equals(expected)
+    assert merged.column("text").num_chunks <= 1
