@@ -1031,7 +1031,7 @@ def _scan_contract() -> tuple:
     written from (see the scan() docstring in features/_jsonscan.c)."""
     implied = _implied_channels()
     specific = set(_channel_specific())
-    fixed = _fixed_event_names(("page", "screen", "identify"))
+    fixed = _fixed_event_names()
     paths = [*VALUE_PATHS, *_ROW_PATHS]
     return (
         list(_ROW_PATHS.values()),

@@ -10,6 +10,7 @@ their state before the cutoff (the ceiling of any model that reads the past).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -120,10 +121,12 @@ class SimulatorTruth:
         Exact when the cutoff is a simulated midnight: the window is days [d, d + horizon)."""
         from features.simulate import true_conversion_probability
 
-        day = self.day_of(cutoff)
-        horizon = min(horizon_days, self.days - day)
-        p = true_conversion_probability(self.truth, day, horizon)
-        return np.where(rows >= 0, p[np.maximum(rows, 0)], np.nan)
+        return self._per_person(
+            rows,
+            cutoff,
+            horizon_days,
+            lambda day, h: true_conversion_probability(self.truth, day, h),
+        )
 
     def present_conversion_probability(
         self, rows: np.ndarray, cutoff: datetime, horizon_days: int
@@ -132,9 +135,24 @@ class SimulatorTruth:
         before the cutoff but not their future path (NaN for row -1)."""
         from features.simulate import present_conversion_probability
 
+        return self._per_person(
+            rows,
+            cutoff,
+            horizon_days,
+            lambda day, h: present_conversion_probability(self.truth, day, h, self.config),
+        )
+
+    def _per_person(
+        self,
+        rows: np.ndarray,
+        cutoff: datetime,
+        horizon_days: int,
+        probability: Callable[[int, int], np.ndarray],
+    ) -> np.ndarray:
+        """``probability(day, horizon)`` of every true person, for the window after ``cutoff``
+        (cut at the last simulated day), picked by ``rows`` (NaN for -1)."""
         day = self.day_of(cutoff)
-        horizon = min(horizon_days, self.days - day)
-        p = present_conversion_probability(self.truth, day, horizon, self.config)
+        p = probability(day, min(horizon_days, self.days - day))
         return np.where(rows >= 0, p[np.maximum(rows, 0)], np.nan)
 
     def engagement_curves(self, rows: np.ndarray, cutoff: datetime) -> np.ndarray:

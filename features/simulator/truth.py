@@ -252,14 +252,7 @@ def true_conversion_probability(
     """
     _require_columns(truth, ("daily_purchase_hazard",))
     hazard = _matrix(truth["daily_purchase_hazard"], np.float64)
-    days = hazard.shape[1]
-    if horizon_days < 1:
-        raise ValueError(f"horizon_days must be at least 1, got {horizon_days}")
-    if day_from < 0 or day_from + horizon_days > days:
-        raise ValueError(
-            f"window [{day_from}, {day_from + horizon_days}) must lie within the simulated "
-            f"days [0, {days})"
-        )
+    _check_window(day_from, horizon_days, 0, hazard.shape[1])
     return 1.0 - np.prod(1.0 - hazard[:, day_from : day_from + horizon_days], axis=1)
 
 
@@ -281,14 +274,8 @@ def present_conversion_probability(
         truth, ("daily_state", "daily_clicks", "intent_propensity", "purchase_propensity")
     )
     states = _matrix(truth["daily_state"], np.int64)
-    days = states.shape[1]
-    if horizon_days < 1:
-        raise ValueError(f"horizon_days must be at least 1, got {horizon_days}")
-    if day_from < 1 or day_from + horizon_days > days:
-        raise ValueError(
-            f"window [{day_from}, {day_from + horizon_days}) must lie within the simulated days"
-            f" [1, {days}): the state of the day before it is the starting point"
-        )
+    # (day 0 has no day before it to start from)
+    _check_window(day_from, horizon_days, 1, states.shape[1])
     n = len(truth)
     intent_propensity = truth["intent_propensity"].to_numpy(np.float64)
     purchase_propensity = truth["purchase_propensity"].to_numpy(np.float64)
@@ -316,6 +303,17 @@ def present_conversion_probability(
         if day == 0:
             step = moves(np.zeros(n, dtype=bool))
     return 1.0 - alive.sum(axis=1)
+
+
+def _check_window(day_from: int, horizon_days: int, first_day: int, days: int) -> None:
+    """Days [day_from, day_from + horizon_days) must lie within [first_day, days)."""
+    if horizon_days < 1:
+        raise ValueError(f"horizon_days must be at least 1, got {horizon_days}")
+    if day_from < first_day or day_from + horizon_days > days:
+        raise ValueError(
+            f"window [{day_from}, {day_from + horizon_days}) must lie within the simulated "
+            f"days [{first_day}, {days})"
+        )
 
 
 def _matrix(column: pd.Series, dtype: type) -> np.ndarray:
