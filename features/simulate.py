@@ -102,11 +102,17 @@ Days count from ``start`` (day 0); every ``daily_*`` list has one value per simu
 - ``engagement_final`` float32: the level after the last day (``day=None`` in the oracle).
 - ``daily_orders`` list[int8]: orders that day (0/1), as in the events.
 - ``daily_clicks`` list[int16]: email clicks, SMS clicks and push taps that happened that day.
+- ``daily_sessions`` list[int16]: browsing sessions that day (order sessions, signups and
+  sessions landing from a message are left out: their number does not depend on intent).
+- ``daily_product_views`` / ``daily_products_added`` list[int16]: products viewed / added to
+  the cart in those sessions. With the orders and clicks, these are what the events show of a
+  person's intent, read by ``history_conversion_probability``.
 
 The parquet schema metadata ``kairos.simulation`` holds the arguments and the full config.
 """
 
 from features.simulator.config import SimulationConfig
+from features.simulator.history_filter import history_conversion_probability
 from features.simulator.run import DEFAULT_START, SimulationSummary, simulate
 from features.simulator.truth import (
     present_conversion_probability,
@@ -118,6 +124,7 @@ __all__ = [
     "DEFAULT_START",
     "SimulationConfig",
     "SimulationSummary",
+    "history_conversion_probability",
     "present_conversion_probability",
     "simulate",
     "true_conversion_probability",

@@ -17,6 +17,7 @@ import pytest
 from features.simulate import (
     DEFAULT_START,
     SimulationConfig,
+    history_conversion_probability,
     present_conversion_probability,
     simulate,
     true_conversion_probability,
@@ -219,7 +220,15 @@ def test_hour_of_week_preference_is_a_distribution(world: World) -> None:
 
 
 def test_daily_truth_columns_have_one_value_per_day(world: World) -> None:
-    for column in ("daily_state", "daily_purchase_hazard", "daily_engagement", "daily_orders"):
+    for column in (
+        "daily_state",
+        "daily_purchase_hazard",
+        "daily_engagement",
+        "daily_orders",
+        "daily_sessions",
+        "daily_product_views",
+        "daily_products_added",
+    ):
         values = np.stack(world.truth[column].to_numpy())
         assert values.shape == (CUSTOMERS, DAYS), column
     states = np.stack(world.truth["daily_state"].to_numpy())
@@ -244,6 +253,25 @@ def test_orders_in_the_events_match_the_truth(world: World) -> None:
 
 
 # --- the world has the required shape --------------------------------------------------------
+
+
+def test_browsing_truth_follows_the_intent_state_and_stays_within_the_events(
+    world: World,
+) -> None:
+    """Browsing sessions come at the state's rate; their views and adds are events too."""
+    sessions, views, added = (
+        np.stack(world.truth[c].to_numpy()).astype(np.int64)
+        for c in ("daily_sessions", "daily_product_views", "daily_products_added")
+    )
+    states = np.stack(world.truth["daily_state"].to_numpy())
+    rate = np.asarray(SimulationConfig().session_rate)[states]
+    rate = rate * world.truth["browse_activity"].to_numpy()[:, None]
+    for state in range(3):  # Poisson counts: within 4 standard deviations of their mean
+        expected = rate[states == state].sum()
+        assert abs(sessions[states == state].sum() - expected) < 4 * np.sqrt(expected)
+    assert (views >= sessions).all() and (views <= 6 * sessions).all() and (added <= views).all()
+    assert views.sum() <= len(world.named("Product Viewed"))
+    assert added.sum() <= len(world.named("Product Added"))
 
 
 def test_every_event_name_and_message_type_appears(world: World) -> None:
@@ -560,6 +588,78 @@ def test_present_conversion_probability_is_calibrated_and_below_the_realised_pat
     assert ((present > 0) & (present < 1)).all()
     assert abs(ordered.sum() - present.sum()) < 4 * np.sqrt((present * (1 - present)).sum())
     assert roc_auc(ordered, present) < roc_auc(ordered, realised)
+
+
+def test_history_conversion_probability_filters_the_chain_by_hand() -> None:
+    """Fixed propensities (sd 0): the filter is Bayes' rule over the three states, by hand."""
+    config = SimulationConfig(
+        intent_propensity_sd=0.0,
+        purchase_propensity_sd=0.0,
+        browse_activity_sd=0.0,
+        initial_state_mix=(0.5, 0.3, 0.2),
+        purchase_hazard=(0.0, 0.1, 0.5),
+        session_rate=(0.1, 0.5, 1.0),
+        product_views_mean=(0.2, 0.5, 1.0),
+        add_to_cart=(0.1, 0.2, 0.5),
+    )
+    # A: a quiet day 0. B: one session, two products viewed, one added, and a click.
+    truth = pd.DataFrame(
+        {
+            "daily_sessions": [[0, 0], [1, 0]],
+            "daily_product_views": [[0, 0], [2, 0]],
+            "daily_products_added": [[0, 0], [1, 0]],
+            "daily_orders": [[0, 0], [0, 0]],
+            "daily_clicks": [[0, 0], [1, 0]],
+        }
+    )
+    mix, hazard = np.array([0.5, 0.3, 0.2]), np.array([0.0, 0.1, 0.5])
+    rate, views_mean, add = (
+        np.array([0.1, 0.5, 1.0]),
+        np.array([0.2, 0.5, 1.0]),
+        np.array([0.1, 0.2, 0.5]),
+    )
+    quiet = mix * np.exp(-rate) * (1 - hazard)
+    # one session (Poisson 1), one view beyond the first (Poisson 1), one of two products added
+    busy = mix * rate * np.exp(-rate) * views_mean * np.exp(-views_mean) * add * (1 - add)
+    busy = busy * (1 - hazard)
+    unlifted = np.array([[0.956, 0.04, 0.004], [0.25, 0.65, 0.10], [0.2, 0.3, 0.5]])
+    lifted = np.array([[0.824, 0.16, 0.016], [0.25, 0.35, 0.40], [0.2, 0.3, 0.5]])  # moves up x4
+    day1 = np.stack([quiet / quiet.sum() @ unlifted, busy / busy.sum() @ lifted])
+    one_day = history_conversion_probability(truth, 1, 1, config)
+    np.testing.assert_allclose(one_day, day1 @ hazard, rtol=1e-6)
+    truth_3 = truth.map(lambda days: [*days, 0])
+    two_days = history_conversion_probability(truth_3, 1, 2, config)
+    no_order = (day1 * (1 - hazard)) @ unlifted @ (1 - hazard)
+    np.testing.assert_allclose(two_days, 1 - no_order, rtol=1e-6)
+    assert one_day[1] > one_day[0]  # browsing, adding to the cart and clicking raise intent
+    with pytest.raises(ValueError, match=r"window \[0, 1\) must lie within"):
+        history_conversion_probability(truth, 0, 1, config)
+    with pytest.raises(ValueError, match="grid_points must be at least 1"):
+        history_conversion_probability(truth, 1, 1, config, grid_points=0)
+    with pytest.raises(ValueError, match="lacks column"):
+        history_conversion_probability(truth.drop(columns="daily_sessions"), 1, 1, config)
+
+
+def test_history_conversion_probability_is_what_the_present_oracle_averages_to(
+    world: World,
+) -> None:
+    """Given the observed history, the expected present-knowing probability is the filter's
+    (the tower property): people the filter ranks high have a higher present probability by
+    as much as the filter says, and orders happen at its rate."""
+    orders = np.stack(world.truth["daily_orders"].to_numpy())
+    config = SimulationConfig()
+    history = np.concatenate(
+        [history_conversion_probability(world.truth, d, 7, config) for d in (7, 14)]
+    )
+    present = np.concatenate(
+        [present_conversion_probability(world.truth, d, 7, config) for d in (7, 14)]
+    )
+    ordered = np.concatenate([orders[:, d : d + 7].max(axis=1) for d in (7, 14)])
+    high = history > np.median(history)
+    assert present[high].mean() - present[~high].mean() > 0.015
+    for group in (high, ~high):
+        assert abs(history[group].mean() - present[group].mean()) < 0.008
+    assert abs(ordered.sum() - history.sum()) < 4 * np.sqrt((history * (1 - history)).sum())
 
 
 # --- dirty records ---------------------------------------------------------------------------

@@ -80,19 +80,25 @@ def test_one_epoch_smoke_with_every_baseline_on_the_same_split(world) -> None:
         "recency",
         "oracle",
         "oracle_present",
+        "oracle_history",
     } <= set(intent["model"])
     for metric in ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "top_decile_lift"):
         row = intent[(intent["model"] == "sequence_model") & (intent["metric"] == metric)]
         assert len(row) == 1 and np.isfinite(row["value"].iloc[0])
     # every intent row is evaluated on the same test profiles (the oracles on the known people)
-    known = intent["model"].str.startswith("oracle") | (
-        intent["metric"] == "roc_auc_minus_oracle_present"
+    known = intent["model"].str.startswith("oracle") | intent["metric"].str.startswith(
+        "roc_auc_minus_oracle"
     )
     assert intent[~known]["n"].nunique() == 1
     assert intent[known]["n"].nunique() == 1
-    assert np.isfinite(
-        result.evaluation.value("intent", "sequence_model", "roc_auc_minus_oracle_present")
-    )
+    for ceiling in ("oracle_present", "oracle_history"):
+        assert np.isfinite(
+            result.evaluation.value("intent", "sequence_model", f"roc_auc_minus_{ceiling}")
+        )
+    # the addressable profiles leave out those merged into another profile after the cutoff
+    addressable = table[(table["section"] == "intent_addressable") & (table["metric"] == "roc_auc")]
+    assert 0 < addressable["n"].max() < intent["n"].max()
+    assert any("merged into such a profile after the cutoff" in n for n in result.evaluation.notes)
     assert set(table["section"]) >= {"engagement", "send_time_ips", "send_time_truth"}
     truth_rows = table[table["section"] == "send_time_truth"]
     assert {"oracle", "global_best_hour", "most_frequent_engagement_hour"} <= set(

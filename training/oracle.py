@@ -3,8 +3,10 @@
 A profile is mapped to the true person its identifier belongs to (an identifier shared by
 several people maps to none). The oracle then gives the exact probabilities the simulator drew
 against: P(order within the horizon) and P(engage | send on channel c at hour h). For intent
-there are two: the realised one knows the person's future intent path, the present one only
-their state before the cutoff (the ceiling of any model that reads the past).
+there are three, each knowing less: the realised one knows the person's future intent path;
+the present one their intent state and propensities before the cutoff, but not the future; the
+history one only what the person's events before the cutoff show, all devices together (the
+ceiling of any model that reads the past, with perfect identity).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from features.simulator.config import SimulationConfig
+from features.simulator.history_filter import OBSERVED_COLUMNS
 from training.model import CHANNELS, HOURS_PER_WEEK
 
 _IDENTIFIER_COLUMNS = ("user_id", "emails", "phones", "anonymous_ids", "device_ids")
@@ -59,7 +62,11 @@ class SimulatorTruth:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"truth file {path} not found (kairos simulate writes it)")
-        table = pq.read_table(path, columns=list(_TRUTH_COLUMNS))
+        # Truth files written before the browsing columns existed lack what the history filter
+        # reads; everything else still works with them.
+        names = set(pq.read_schema(path).names)
+        optional = [c for c in OBSERVED_COLUMNS if c in names and c not in _TRUTH_COLUMNS]
+        table = pq.read_table(path, columns=[*_TRUTH_COLUMNS, *optional])
         metadata = json.loads((table.schema.metadata or {}).get(b"kairos.simulation", b"{}"))
         if "start" not in metadata:
             raise ValueError(f"{path} lacks the kairos.simulation metadata; is it a truth file?")
@@ -140,6 +147,24 @@ class SimulatorTruth:
             cutoff,
             horizon_days,
             lambda day, h: present_conversion_probability(self.truth, day, h, self.config),
+        )
+
+    @property
+    def has_observed_history(self) -> bool:
+        return set(OBSERVED_COLUMNS) <= set(self.truth.columns)
+
+    def history_conversion_probability(
+        self, rows: np.ndarray, cutoff: datetime, horizon_days: int
+    ) -> np.ndarray:
+        """Like ``conversion_probability``, knowing only what each person's events show before
+        the cutoff, all their devices together (NaN for row -1)."""
+        from features.simulate import history_conversion_probability
+
+        return self._per_person(
+            rows,
+            cutoff,
+            horizon_days,
+            lambda day, h: history_conversion_probability(self.truth, day, h, self.config),
         )
 
     def _per_person(

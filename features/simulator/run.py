@@ -106,16 +106,17 @@ def simulate(
 
             messages = simulate_messaging(day, people, run)
             ordered = rng.random(world.n) < hazard
-            sessions = simulate_sessions(day, people, ordered, messages.landings, run)
+            shopping = simulate_sessions(day, people, ordered, messages.landings, run)
 
             # Tonight: engagement moves with today's messages, intent with today's clicks.
             clicks = messages.clicks_today + clicks_carried
             clicks_carried = messages.clicks_tomorrow
             history.orders[:, index] = ordered
             history.clicks[:, index] = np.minimum(clicks, np.iinfo(np.int16).max)
+            history.record_shopping(index, shopping)
             _end_of_day(people, messages, clicks > 0, world, rng, config)
 
-            writer.write_day(Batch.concat([messages.batch, sessions]), day.end_ms)
+            writer.write_day(Batch.concat([messages.batch, shopping.batch]), day.end_ms)
             advance()
         history.engagement_final[:] = people.engagement
     tmp_path.replace(events_path)

@@ -117,9 +117,20 @@ class Landings:
         )
 
 
+@dataclass
+class ShoppingDay:
+    """One day's sessions on the wire, and what the browsing sessions showed of each person's
+    intent (the observations a forward filter over the intent chain reads)."""
+
+    batch: Batch
+    browse_sessions: np.ndarray  # (N,) sessions started by browsing (not orders or landings)
+    product_views: np.ndarray  # (N,) products viewed in them
+    products_added: np.ndarray  # (N,) products added to the cart in them
+
+
 def simulate_sessions(
     day: Day, people: People, ordered: np.ndarray, landings: Landings, run: Run
-) -> Batch:
+) -> ShoppingDay:
     """All shopping sessions of ``day``: browsing, ``ordered`` people's order sessions, signups
     and ``landings``; marks today's logins in ``people.pair_logged_in``."""
     world, config, rng = run.world, run.config, run.rng
@@ -228,7 +239,13 @@ def simulate_sessions(
         first_number=run.counters.sessions,
     )
     run.counters.sessions += n
-    return _serialise(sessions, landings, run)
+    browsing = kind == KIND_BROWSE
+    return ShoppingDay(
+        _serialise(sessions, landings, run),
+        browse_sessions=n_browse,
+        product_views=np.bincount(person[browsing], n_products[browsing], world.n),
+        products_added=np.bincount(person[browsing], added[browsing].sum(axis=1), world.n),
+    )
 
 
 @dataclass

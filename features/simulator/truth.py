@@ -9,6 +9,7 @@ predictor that knows each person's past, latent state included, but not their fu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,9 @@ from features.simulator.model import (
 )
 from features.simulator.world import NO_ACCOUNT, World
 
+if TYPE_CHECKING:
+    from features.simulator.sessions import ShoppingDay
+
 
 @dataclass
 class History:
@@ -32,6 +36,9 @@ class History:
     engagement: np.ndarray  # float32, level at the start of the day
     orders: np.ndarray  # int8
     clicks: np.ndarray  # int16, clicks and taps that happened that day
+    sessions: np.ndarray  # int16, browsing sessions (not order sessions or landings)
+    product_views: np.ndarray  # int16, products viewed in them
+    products_added: np.ndarray  # int16, products added to the cart in them
     engagement_final: np.ndarray  # (N,) float32, level after the last day
 
     def record_day(
@@ -42,6 +49,13 @@ class History:
         self.purchase_hazard[:, day] = hazard
         self.engagement[:, day] = engagement
 
+    def record_shopping(self, day: int, shopping: ShoppingDay) -> None:
+        """What the day's browsing sessions showed (see ``ShoppingDay``)."""
+        limit = np.iinfo(np.int16).max
+        self.sessions[:, day] = np.minimum(shopping.browse_sessions, limit)
+        self.product_views[:, day] = np.minimum(shopping.product_views, limit)
+        self.products_added[:, day] = np.minimum(shopping.products_added, limit)
+
     @staticmethod
     def allocate(n: int, days: int) -> History:
         return History(
@@ -50,6 +64,9 @@ class History:
             engagement=np.zeros((n, days), np.float32),
             orders=np.zeros((n, days), np.int8),
             clicks=np.zeros((n, days), np.int16),
+            sessions=np.zeros((n, days), np.int16),
+            product_views=np.zeros((n, days), np.int16),
+            products_added=np.zeros((n, days), np.int16),
             engagement_final=np.zeros(n, np.float32),
         )
 
@@ -135,6 +152,9 @@ def truth_table(
         "engagement_final": pa.array(history.engagement_final),
         "daily_orders": _fixed_lists(history.orders),
         "daily_clicks": _fixed_lists(history.clicks),
+        "daily_sessions": _fixed_lists(history.sessions),
+        "daily_product_views": _fixed_lists(history.product_views),
+        "daily_products_added": _fixed_lists(history.products_added),
     }
     table = pa.table(columns)
     return table.replace_schema_metadata(metadata)
