@@ -3,13 +3,18 @@
     python benchmarks/bench_model.py simulated --customers 20000 --days 120 --workdir /tmp/kb
     python benchmarks/bench_model.py real --workdir /tmp/kb-real
     python benchmarks/bench_model.py speed --profiles 100000 --cutoffs 8
+    python benchmarks/bench_model.py ceiling --workdir /tmp/kb   # after `simulated` there
 
 ``simulated``: simulate a world, ingest it, train (MLflow run in the bench workspace) and print
 every evaluation row (intent metrics with bootstrap intervals, engagement, off-policy and true
 send-time value against the simulator's oracle), training examples/s and scoring profiles/s.
 ``real``: the two Online Retail files as one two-year log; predict an order in the 30 days after
 2011-11-09 from history up to then. ``speed``: one epoch over synthetic arrays of the shape of
-``--profiles`` x ``--cutoffs`` examples, and batch scoring throughput. Every command prints
+``--profiles`` x ``--cutoffs`` examples, and batch scoring throughput. ``ceiling``: on a
+``simulated`` workdir, what a perfect reader of each person's history could gain: the history
+ceiling (``oracle_history``) and the present-knowing oracle per person, and LightGBM on the
+aggregates with and without the ceiling's probability as one more feature, on the same split
+(pass the same ``--set`` as to ``simulated``). Every command prints
 one JSON object on stdout (``--out`` also writes it) and a Markdown table on stderr.
 ``--set section.key=value`` overrides the training config as in ``kairos train``.
 """
@@ -59,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     simulated.add_argument("--seed", type=int, default=11)
     real = sub.add_parser("real", help="Online Retail, order in the 30 days after 2011-11-09")
     real.add_argument("--data", type=Path, default=REAL_DATA)
-    for p in (simulated, real):
+    ceiling = sub.add_parser("ceiling", help="what reading each person's whole history could gain")
+    for p in (simulated, real, ceiling):
         p.add_argument("--workdir", type=Path, required=True, help="kept between runs (cache)")
         p.add_argument(
             "--set",
@@ -83,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         result = bench_simulated(args)
     elif args.task == "real":
         result = bench_real(args)
+    elif args.task == "ceiling":
+        result = bench_ceiling(args)
     else:
         result = bench_speed(args)
     text = json.dumps(result, default=_plain)
@@ -169,6 +177,83 @@ def bench_simulated(args: argparse.Namespace) -> dict[str, Any]:
     out = _train(ws.root, args.overrides, None, sim / "truth.parquet")
     out["world"] = {"customers": args.customers, "days": args.days, "seed": args.seed}
     return out
+
+
+def bench_ceiling(args: argparse.Namespace) -> dict[str, Any]:
+    import pandas as pd
+
+    from kairos.workspace import open_workspace
+    from training.baselines import fit_lightgbm
+    from training.config import build_config
+    from training.evaluation import addressable_profiles
+    from training.metrics import bootstrap, paired_difference, roc_auc
+    from training.pipeline import build_splits, load_truth, open_events
+
+    ws = open_workspace(args.workdir / "ws")
+    truth_path = args.workdir / "sim" / "truth.parquet"
+    if not (ws.event_store.exists() and truth_path.exists()):
+        raise SystemExit(f"no simulated run in {args.workdir}: run the `simulated` task first")
+    config = build_config(overrides=args.overrides)
+    with open_events(ws) as connection:
+        splits = build_splits(connection, config, None, ws.root / "cache" / "examples")
+    truth = load_truth(ws, truth_path)
+    if not truth.has_observed_history:
+        raise SystemExit(f"{truth_path} predates the browsing columns: simulate it again")
+    horizon = config.data.horizon_days
+    test_at = splits.split.test[-1]
+    day = truth.day_of(test_at)
+    everyone = np.arange(len(truth.truth))
+    ordered = np.stack(truth.truth["daily_orders"].to_numpy())[:, day : day + horizon].max(axis=1)
+    accounts = truth.truth["user_id"].notna().to_numpy()
+    people: dict[str, Any] = {}
+    for name, probability in (
+        ("history_ceiling", truth.history_conversion_probability),
+        ("oracle_present", truth.present_conversion_probability),
+    ):
+        p = probability(everyone, test_at, horizon)
+        people[name] = {
+            "all_people": roc_auc(ordered, p),
+            "account_holders": roc_auc(ordered[accounts], p[accounts]),
+        }
+
+    plain = fit_lightgbm(splits.train, splits.validation, config.optim.seed)
+    p_plain = plain.predict(splits.test)
+    for examples in (splits.train, splits.validation, splits.test):
+        rows = truth.person_rows(examples.profiles["label_profile_id"].to_numpy())
+        cutoffs = examples.profiles["cutoff"].to_numpy()
+        ceiling = np.full(len(examples), np.nan)
+        for cutoff in np.unique(cutoffs):
+            where = cutoffs == cutoff
+            at = pd.Timestamp(cutoff).to_pydatetime()
+            ceiling[where] = truth.history_conversion_probability(rows[where], at, horizon)
+        examples.profiles["history_ceiling"] = ceiling
+    assisted = fit_lightgbm(splits.train, splits.validation, config.optim.seed)
+    p_assisted = assisted.predict(splits.test)
+
+    y = splits.test.profiles["ordered"].to_numpy(np.float64)
+    rows = truth.person_rows(splits.test.profiles["label_profile_id"].to_numpy())
+    addressable, _ = addressable_profiles(splits.test, truth, rows)
+    metrics = []
+    resamples = config.evaluation.bootstrap_resamples
+    for section, where in (("intent", np.ones(len(y), bool)), ("intent_addressable", addressable)):
+        for model, p in (("lightgbm", p_plain), ("lightgbm_with_history_ceiling", p_assisted)):
+            estimate = bootstrap(roc_auc, y[where], p[where], resamples)
+            metrics.append(
+                {"section": section, "model": model, "metric": "roc_auc"}
+                | estimate.as_dict()
+                | {"n": int(where.sum())}
+            )
+        gain = paired_difference(roc_auc, y[where], p_assisted[where], p_plain[where], resamples)
+        metrics.append(
+            {
+                "section": section,
+                "model": "lightgbm_with_history_ceiling",
+                "metric": "roc_auc_minus_lightgbm",
+            }
+            | gain.as_dict()
+            | {"n": int(where.sum())}
+        )
+    return {"test_cutoff": str(test_at), "person_level_roc_auc": people, "metrics": metrics}
 
 
 def bench_real(args: argparse.Namespace) -> dict[str, Any]:

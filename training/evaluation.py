@@ -128,14 +128,7 @@ def evaluate(
                 scores[name][where] = probability(rows[where], at, horizon_days)
     _intent_section(result, "intent", y, scores, resamples, seed)
     if truth is not None and rows is not None:
-        labels = test.profiles["label_profile_id"].to_numpy()
-        kinds = truth.identifier_kinds(labels)
-        keyed = (rows >= 0) & np.isin(kinds, ["user_id", "emails"])
-        # A profile merged into another after the cutoff (a device that logs in to check out)
-        # carries that profile's later orders: part of the label no history can show.
-        whole = test.profiles["profile_id"].to_numpy() == labels
-        comparable = keyed & whole
-        fragments = keyed & ~whole
+        comparable, fragments = addressable_profiles(test, truth, rows)
         result.notes.append(
             f"intent_addressable: the {int(comparable.sum()):,} of {len(test):,} test profiles "
             "keyed by a user id or email of one true person and not merged into another "
@@ -158,6 +151,20 @@ def evaluate(
             "the send window is each profile's most likely activity hour"
         )
     return result
+
+
+def addressable_profiles(
+    test: ExampleSet, truth: SimulatorTruth, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(addressable, merged later): masks over ``test``'s profiles. Addressable profiles are
+    keyed by a user id or email of one true person (``rows``: their truth rows) and are not
+    merged into another profile after the cutoff. Merged later are profiles merged into such a
+    profile after the cutoff (a device that logs in to check out): they carry that profile's
+    later orders, a part of the label that no history shows."""
+    labels = test.profiles["label_profile_id"].to_numpy()
+    keyed = (rows >= 0) & np.isin(truth.identifier_kinds(labels), ["user_id", "emails"])
+    whole = test.profiles["profile_id"].to_numpy() == labels
+    return keyed & whole, keyed & ~whole
 
 
 def _intent_section(
