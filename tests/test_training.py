@@ -111,6 +111,28 @@ def test_one_epoch_smoke_with_every_baseline_on_the_same_split(world) -> None:
     assert result.validation_metrics["intent_roc_auc"] > 0
 
 
+def test_a_truth_file_from_before_the_browsing_columns_evaluates_without_the_history_row(
+    world, tmp_path
+) -> None:
+    import pyarrow.parquet as pq
+
+    from features.simulator.history_filter import OBSERVED_COLUMNS
+    from training.oracle import SimulatorTruth
+
+    table = pq.read_table(world["truth"])
+    kept = [c for c in table.column_names if c not in OBSERVED_COLUMNS or c == "daily_clicks"]
+    old = tmp_path / "truth_before.parquet"
+    pq.write_table(table.select(kept), old)
+    assert not SimulatorTruth.load(old).has_observed_history
+    assert SimulatorTruth.load(world["truth"]).has_observed_history
+    ws = open_workspace(world["ws"])
+    result = run_training(
+        ws, build_config(overrides=TINY), truth_path=old, progress=False, log_to_mlflow=False
+    )
+    models = set(result.evaluation.table()["model"])
+    assert {"oracle", "oracle_present"} <= models and "oracle_history" not in models
+
+
 def test_seed_ensemble_with_weight_average_trains_saves_and_reloads(world, tmp_path) -> None:
     """model.members=2 trains two seeded networks (with the moving weight average) and the
     bundle round-trips: the reloaded ensemble scores exactly as the trained one."""
