@@ -26,7 +26,7 @@ import json
 import os
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     simulated.add_argument("--seed", type=int, default=11)
     real = sub.add_parser("real", help="Online Retail, order in the 30 days after 2011-11-09")
     real.add_argument("--data", type=Path, default=REAL_DATA)
+    real.add_argument(
+        "--until",
+        type=datetime.fromisoformat,
+        default=REAL_UNTIL,
+        help="read nothing after this instant; the test cutoff is 30 days earlier (default "
+        f"{REAL_UNTIL:%Y-%m-%d}; an earlier one backtests a setting on another month)",
+    )
     ceiling = sub.add_parser("ceiling", help="what reading each person's whole history could gain")
     for p in (simulated, real, ceiling):
         p.add_argument("--workdir", type=Path, required=True, help="kept between runs (cache)")
@@ -281,8 +288,9 @@ def bench_real(args: argparse.Namespace) -> dict[str, Any]:
                     normalise=NormaliseOptions(timezone="Europe/London"),
                 )
                 ingest_file(store, args.data / name, options)
-    out = _train(ws.root, [*REAL_SETTINGS, *args.overrides], REAL_UNTIL, None)
-    out["task"] = "order within 30 days after 2011-11-09, history up to then"
+    out = _train(ws.root, [*REAL_SETTINGS, *args.overrides], args.until, None)
+    test_cutoff = args.until - timedelta(days=30)
+    out["task"] = f"order within 30 days after {test_cutoff:%Y-%m-%d}, history up to then"
     return out
 
 
