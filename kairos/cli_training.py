@@ -63,8 +63,9 @@ TruthOption = Annotated[
     str | None,
     typer.Option(
         "--truth",
-        help="Simulated data only: truth.parquet from `kairos simulate`, for "
-        "the oracle rows of the evaluation.",
+        help="Simulated data only: truth.parquet from `kairos simulate`, for the oracle rows "
+        "of the evaluation: the future path (oracle), the present state (oracle_present) and "
+        "the best any reader of each person's history could do (oracle_history).",
         show_default=False,
     ),
 ]
