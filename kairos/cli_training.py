@@ -327,8 +327,12 @@ def _guard(action):
         _fail(str(error))
 
 
+_PAIRED = "roc_auc_minus_"  # metric names of paired ROC-AUC differences: model minus the rest
+
+
 def _print_metrics(table, title: str) -> None:
-    """One rich table per section: models as rows, that section's metrics as columns."""
+    """One rich table per section: models as rows, that section's metrics as columns. Paired
+    ROC-AUC differences get a table of their own, so that neither is too wide to read."""
     from training.evaluation import format_table
 
     if table.empty:
@@ -336,14 +340,20 @@ def _print_metrics(table, title: str) -> None:
         return
     Console().rule(title)
     for section, rows in table.groupby("section", sort=False):
-        shown = format_table(rows)
-        out = Table(title=section, title_justify="left")
-        out.add_column("model")
-        for metric in shown.columns:
-            out.add_column(str(metric), justify="right")
-        for (_, name), row in shown.iterrows():
-            out.add_row(name, *[v if isinstance(v, str) else "" for v in row])
-        Console().print(out)
+        paired = rows["metric"].str.startswith(_PAIRED)
+        differences = f"{section}: ROC-AUC minus the column model's, paired"
+        for name, part in ((section, rows[~paired]), (differences, rows[paired])):
+            if part.empty:
+                continue
+            shown = format_table(part)
+            Console().print(name, style="italic")  # a table's own title wraps at its width
+            out = Table()
+            out.add_column("model")
+            for metric in shown.columns:
+                out.add_column(str(metric).removeprefix(_PAIRED), justify="right")
+            for (_, model), row in shown.iterrows():
+                out.add_row(model, *[v if isinstance(v, str) else "" for v in row])
+            Console().print(out)
 
 
 def _json_default(value: Any) -> Any:

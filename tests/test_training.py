@@ -531,3 +531,22 @@ def test_activity_histograms_count_sessions_once_and_engagement_at_the_send_hour
         ("engaged_send_hours", 9): 1,
         ("engaged_send_hours", 14): 1,
     }
+
+
+def test_evaluation_tables_put_paired_differences_in_a_table_of_their_own(capsys) -> None:
+    from kairos.cli_training import _print_metrics
+
+    rows = [
+        ("intent", "sequence_model", "roc_auc", 0.71),
+        ("intent", "lightgbm", "roc_auc", 0.70),
+        ("intent", "sequence_model", "roc_auc_minus_lightgbm", 0.01),
+        ("engagement", "sequence_model", "log_loss", 0.35),
+    ]
+    table = pd.DataFrame(rows, columns=["section", "model", "metric", "value"])
+    _print_metrics(table.assign(low=np.nan, high=np.nan, n=100), "Evaluation")
+    printed = capsys.readouterr().out
+    main, paired = printed.split("intent: ROC-AUC minus the column model's, paired")
+    assert "roc_auc" in main and "roc_auc_minus" not in main and "0.7100" in main
+    head, engagement = paired.split("engagement")
+    assert "lightgbm" in head and "0.0100" in head and "0.7100" not in head
+    assert "0.3500" in engagement
