@@ -187,12 +187,10 @@ def bench_simulated(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_ceiling(args: argparse.Namespace) -> dict[str, Any]:
-    import pandas as pd
-
     from kairos.workspace import open_workspace
     from training.baselines import fit_lightgbm
     from training.config import build_config
-    from training.evaluation import addressable_profiles
+    from training.evaluation import addressable_profiles, per_cutoff
     from training.metrics import bootstrap, paired_difference, roc_auc
     from training.pipeline import build_splits, load_truth, open_events
 
@@ -227,13 +225,9 @@ def bench_ceiling(args: argparse.Namespace) -> dict[str, Any]:
     p_plain = plain.predict(splits.test)
     for examples in (splits.train, splits.validation, splits.test):
         rows = truth.person_rows(examples.profiles["label_profile_id"].to_numpy())
-        cutoffs = examples.profiles["cutoff"].to_numpy()
-        ceiling = np.full(len(examples), np.nan)
-        for cutoff in np.unique(cutoffs):
-            where = cutoffs == cutoff
-            at = pd.Timestamp(cutoff).to_pydatetime()
-            ceiling[where] = truth.history_conversion_probability(rows[where], at, horizon)
-        examples.profiles["history_ceiling"] = ceiling
+        examples.profiles["history_ceiling"] = per_cutoff(
+            truth.history_conversion_probability, examples, rows, horizon
+        )
     assisted = fit_lightgbm(splits.train, splits.validation, config.optim.seed)
     p_assisted = assisted.predict(splits.test)
 

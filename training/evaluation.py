@@ -112,20 +112,17 @@ def evaluate(
     rows = None
     if truth is not None:
         rows = truth.person_rows(test.profiles["label_profile_id"].to_numpy())
-        cutoffs = test.profiles["cutoff"].to_numpy()
         # "oracle" knows each person's future intent path, "oracle_present" their state and
         # propensities before the cutoff, "oracle_history" only what their events show (all
         # their devices together): the ceiling of a model that reads the past.
-        oracles = {"oracle": truth.conversion_probability}
-        oracles["oracle_present"] = truth.present_conversion_probability
+        oracles = {
+            "oracle": truth.conversion_probability,
+            "oracle_present": truth.present_conversion_probability,
+        }
         if truth.has_observed_history:
             oracles["oracle_history"] = truth.history_conversion_probability
         for name, probability in oracles.items():
-            scores[name] = np.full(len(test), np.nan)
-            for cutoff in np.unique(cutoffs):
-                at = pd.Timestamp(cutoff).to_pydatetime()
-                where = cutoffs == cutoff
-                scores[name][where] = probability(rows[where], at, horizon_days)
+            scores[name] = per_cutoff(probability, test, rows, horizon_days)
     _intent_section(result, "intent", y, scores, resamples, seed)
     if truth is not None and rows is not None:
         comparable, fragments = addressable_profiles(test, truth, rows)
@@ -151,6 +148,22 @@ def evaluate(
             "the send window is each profile's most likely activity hour"
         )
     return result
+
+
+def per_cutoff(
+    probability: Callable[[np.ndarray, datetime, int], np.ndarray],
+    examples: ExampleSet,
+    rows: np.ndarray,
+    horizon_days: int,
+) -> np.ndarray:
+    """An oracle's ``probability(rows, cutoff, horizon_days)`` for every example, each at its
+    own cutoff (``rows``: the examples' truth rows)."""
+    cutoffs = examples.profiles["cutoff"].to_numpy()
+    out = np.full(len(examples), np.nan)
+    for cutoff in np.unique(cutoffs):
+        where = cutoffs == cutoff
+        out[where] = probability(rows[where], pd.Timestamp(cutoff).to_pydatetime(), horizon_days)
+    return out
 
 
 def addressable_profiles(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -56,6 +56,9 @@ class SimulatorTruth:
     identifier_person: dict[str, int]  # identifier value -> row of ``truth`` (unique only)
     identifier_type: dict[str, str]  # identifier value -> its truth column
     config: SimulationConfig  # the simulation's rates
+    # (oracle, day, horizon) -> its probability for every person: the history filter takes
+    # about a minute for 20,000 people, and one window may be asked for more than once.
+    _computed: dict[tuple[str, int, int], np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, path: Path) -> SimulatorTruth:
@@ -132,6 +135,7 @@ class SimulatorTruth:
             rows,
             cutoff,
             horizon_days,
+            "path",
             lambda day, h: true_conversion_probability(self.truth, day, h),
         )
 
@@ -146,6 +150,7 @@ class SimulatorTruth:
             rows,
             cutoff,
             horizon_days,
+            "present",
             lambda day, h: present_conversion_probability(self.truth, day, h, self.config),
         )
 
@@ -164,6 +169,7 @@ class SimulatorTruth:
             rows,
             cutoff,
             horizon_days,
+            "history",
             lambda day, h: history_conversion_probability(self.truth, day, h, self.config),
         )
 
@@ -172,12 +178,17 @@ class SimulatorTruth:
         rows: np.ndarray,
         cutoff: datetime,
         horizon_days: int,
+        oracle: str,
         probability: Callable[[int, int], np.ndarray],
     ) -> np.ndarray:
         """``probability(day, horizon)`` of every true person, for the window after ``cutoff``
-        (cut at the last simulated day), picked by ``rows`` (NaN for -1)."""
+        (cut at the last simulated day), picked by ``rows`` (NaN for -1); computed once per
+        ``oracle`` and window."""
         day = self.day_of(cutoff)
-        p = probability(day, min(horizon_days, self.days - day))
+        key = (oracle, day, min(horizon_days, self.days - day))
+        if key not in self._computed:
+            self._computed[key] = probability(*key[1:])
+        p = self._computed[key]
         return np.where(rows >= 0, p[np.maximum(rows, 0)], np.nan)
 
     def engagement_curves(self, rows: np.ndarray, cutoff: datetime) -> np.ndarray:
