@@ -17,7 +17,13 @@ from training.baselines import (
 )
 from training.config import DataConfig
 from training.datasets import ExampleSet, FeatureSpec, plan_cutoffs
-from training.evaluation import Evaluation, _off_policy, _ratio_estimate, _true_value
+from training.evaluation import (
+    Evaluation,
+    _off_policy,
+    _ratio_estimate,
+    _true_value,
+    addressable_profiles,
+)
 from training.model import HOURS_PER_WEEK
 
 
@@ -246,3 +252,25 @@ def test_example_set_subset_keeps_sends_with_their_rows() -> None:
     part = examples.subset(np.array([2]))
     assert part.profiles["profile_id"].tolist() == ["c"]
     assert part.sends["row"].tolist() == [0, 0] and part.sends["hour_of_week"].tolist() == [2, 3]
+
+
+def test_addressable_profiles_are_keyed_by_one_persons_user_id_or_email_and_whole() -> None:
+    """A profile merged into an addressable one after the cutoff is set apart, not addressable:
+    its label follows a link its own history does not show."""
+    from features.simulator.config import SimulationConfig
+    from training.oracle import SimulatorTruth
+
+    kinds = {"u1": "user_id", "e1": "emails", "a1": "anonymous_ids", "p1": "phones"}
+    truth = SimulatorTruth(pd.DataFrame(), datetime(2026, 1, 5), 28, {}, kinds, SimulationConfig())
+    profiles = pd.DataFrame(
+        {
+            "profile_id": ["u1", "e1", "a1", "p1", "d1", "d2", "u2"],
+            # d1 logs in later (merged into u1), d2 stays anonymous; u2's person is unknown
+            "label_profile_id": ["u1", "e1", "a1", "p1", "u1", "a1", "u2"],
+        }
+    )
+    examples = ExampleSet(profiles, {}, pd.DataFrame({"row": np.zeros(0, np.int64)}))
+    rows = np.array([0, 1, 2, 3, 0, 2, -1])
+    addressable, merged_later = addressable_profiles(examples, truth, rows)
+    assert addressable.tolist() == [True, True, False, False, False, False, False]
+    assert merged_later.tolist() == [False, False, False, False, True, False, False]
